@@ -1,0 +1,44 @@
+"""Raw clip features of any length -> exactly ``num_clips`` clips, as the original datasets do it."""
+from __future__ import annotations
+
+import numpy as np
+
+from cnm_runtime.errors import InputError
+
+
+def validate_features(features: np.ndarray, frame_dim: int | None, video: str) -> np.ndarray:
+    """Check a raw ``[L, D]`` array and return it as float32; InputError names the video otherwise."""
+    array = np.asarray(features)
+    if array.ndim != 2:
+        raise InputError("not_2d", f"video {video!r}: features must be 2-D [rows, dim], got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise InputError("no_rows", f"video {video!r}: features have zero rows")
+    if frame_dim is not None and array.shape[1] != frame_dim:
+        raise InputError(
+            "wrong_width", f"video {video!r}: features are {array.shape[1]} wide, the model expects {frame_dim}"
+        )
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        raise InputError("non_finite", f"video {video!r}: features contain NaN or Inf")
+    return array
+
+
+def clip_boundaries(num_rows: int, num_clips: int) -> np.ndarray:
+    """Row boundaries ``round(arange(0, n+1) / n * L)`` (float64, half to even), clipped to L-1."""
+    bounds = np.round(np.arange(0, num_clips + 1) / num_clips * num_rows).astype(np.int64)
+    bounds[bounds >= num_rows] = num_rows - 1
+    return bounds
+
+
+def resample_clips(features: np.ndarray, num_clips: int = 200) -> np.ndarray:
+    """Clip j is the mean of rows ``[b_j, b_j+1)``, or row ``b_j`` when the two are equal.
+
+    Each clip is averaged on its own with numpy's float32 mean, so results match the original bit for bit.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    bounds = clip_boundaries(len(features), num_clips)
+    clips = np.empty((num_clips, features.shape[1]), dtype=np.float32)
+    for j in range(num_clips):
+        start, end = bounds[j], bounds[j + 1]
+        clips[j] = features[start] if start == end else features[start:end].mean(axis=0)
+    return clips

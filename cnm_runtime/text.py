@@ -1,0 +1,113 @@
+"""Sentence -> word ids, exactly as the original CNM datasets do it.
+
+Tokens come from nltk's word tokenizer (``preserve_line=True``, which needs no downloaded data),
+are lower-cased, and only words of the kept vocabulary survive: the ``cap`` most common words of
+the GloVe counter, numbered 1..N in that order (0 is padding). At most ``max_num_words`` are kept.
+"""
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from nltk.tokenize import word_tokenize
+
+from cnm_runtime.errors import InputError
+
+
+def tokenize(sentence: str) -> list[str]:
+    """nltk word tokens, lower-cased one by one (as the original lower-cases after tagging)."""
+    return [token.lower() for token in word_tokenize(sentence, preserve_line=True)]
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    """A sentence as the model sees it, plus what was lost on the way."""
+
+    word_ids: tuple[int, ...]  # ids 1..N of the kept words, at most max_num_words
+    words: tuple[str, ...]  # the kept words, same order
+    dropped: tuple[str, ...]  # tokens outside the kept vocabulary
+    truncated: bool  # more than max_num_words kept words: the tail was cut
+
+    def __len__(self) -> int:
+        return len(self.word_ids)
+
+
+def load_glove(path: str | Path) -> dict[str, Any]:
+    """The original ``glove.pkl``: a dict with ``w2id``, ``id2vec`` and ``counter``."""
+    with open(path, "rb") as handle:
+        glove = pickle.load(handle)
+    missing = {"w2id", "id2vec", "counter"} - set(glove)
+    if missing:
+        raise ValueError(f"{path}: not a CNM glove.pkl, missing {sorted(missing)}")
+    return glove
+
+
+class Vocabulary:
+    """The kept words, id i+1 for ``words[i]``."""
+
+    def __init__(self, words: Sequence[str]):
+        self.words = list(words)
+        self.index = {word: i + 1 for i, word in enumerate(self.words)}
+        if len(self.index) != len(self.words):
+            raise ValueError("vocabulary words must be unique")
+
+    @classmethod
+    def from_counter(cls, counter: Counter, cap: int) -> "Vocabulary":
+        """``counter.most_common(cap)`` in order; ties keep the counter's stored order, as the original."""
+        return cls([word for word, _ in counter.most_common(cap)])
+
+    @classmethod
+    def from_glove(cls, glove: dict[str, Any] | str | Path, cap: int) -> "Vocabulary":
+        if not isinstance(glove, dict):
+            glove = load_glove(glove)
+        return cls.from_counter(glove["counter"], cap)
+
+    @property
+    def size(self) -> int:
+        """The model's vocabulary size: kept words plus the padding id 0."""
+        return len(self.words) + 1
+
+    def word_vectors(self, glove: dict[str, Any]) -> np.ndarray:
+        """``[size, dim]`` float32 table: row 0 zeros (padding), row i the GloVe vector of word i."""
+        rows = [np.asarray(glove["id2vec"][glove["w2id"][word]], dtype=np.float32) for word in self.words]
+        table = np.zeros((self.size, rows[0].shape[0]), dtype=np.float32)
+        table[1:] = np.stack(rows)
+        return table
+
+    def encode(self, sentence: str, max_num_words: int = 20, name: str | None = None) -> EncodedQuery:
+        """Kept word ids of ``sentence``; raises InputError when no word is kept."""
+        label = name if name is not None else repr(sentence)
+        if not isinstance(sentence, str) or not sentence.strip():
+            raise InputError("empty_query", f"query {label}: the sentence is empty")
+        kept, dropped = [], []
+        for token in tokenize(sentence):
+            (kept if token in self.index else dropped).append(token)
+        if not kept:
+            raise InputError(
+                "out_of_vocabulary",
+                f"query {label}: no word of {sentence!r} is in the model's vocabulary",
+            )
+        words = kept[:max_num_words]
+        return EncodedQuery(
+            word_ids=tuple(self.index[w] for w in words),
+            words=tuple(words),
+            dropped=tuple(dropped),
+            truncated=len(kept) > max_num_words,
+        )
+
+
+def pad_word_ids(queries: Sequence[EncodedQuery], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batch word ids as ``[B, width]`` int64 with slot 0 the start slot, plus ``words_len`` ``[B]``.
+
+    Slot 0 holds id 0: the model replaces it by its learned start vector.
+    """
+    word_ids = np.zeros((len(queries), width), dtype=np.int64)
+    words_len = np.zeros(len(queries), dtype=np.int64)
+    for row, query in enumerate(queries):
+        word_ids[row, 1 : len(query) + 1] = query.word_ids
+        words_len[row] = len(query)
+    return word_ids, words_len

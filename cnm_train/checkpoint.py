@@ -1,0 +1,59 @@
+"""Checkpoints in the original format: ``{'num_updates', 'config', 'model_parameters'}``.
+
+The model is rebuilt from ``config`` alone, so checkpoints of minghangz/cnm and ours are interchangeable.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnm_train.config import ModelConfig
+from cnm_train.model import CNM
+
+
+@dataclass
+class Checkpoint:
+    num_updates: int
+    config: dict[str, Any]
+    model_parameters: dict[str, torch.Tensor]
+
+    def build_model(self) -> CNM:
+        """A CNM in eval mode with these weights (strict: every name must match)."""
+        model = CNM(ModelConfig.from_config(self.config))
+        model.load_state_dict(self.model_parameters, strict=True)
+        return model.eval()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load with ``weights_only=True``; ``map_location`` lets CUDA-saved checkpoints load on CPU."""
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    missing = {"num_updates", "config", "model_parameters"} - set(raw)
+    if missing:
+        raise ValueError(f"{path}: not a CNM checkpoint, missing {sorted(missing)}")
+    return Checkpoint(int(raw["num_updates"]), raw["config"], raw["model_parameters"])
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any], num_updates: int) -> None:
+    """Write atomically (temp file, then rename) so an interrupted save never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"num_updates": num_updates, "config": config, "model_parameters": state}, tmp)
+    os.replace(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,105 @@
+"""Text and feature preprocessing reproduce the original code (golden vectors) exactly."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cnm_runtime import InputError, Vocabulary, resample_clips, validate_features
+from cnm_runtime.archive import FeatureArchive
+from cnm_runtime.text import load_glove, pad_word_ids
+
+
+@pytest.fixture
+def golden(golden_dir):
+    return np.load(golden_dir / "expected.npz")
+
+
+def test_golden_frames_match_exactly(golden_dir, golden_queries, golden):
+    with FeatureArchive(golden_dir / "features.hdf5") as archive:
+        for i, query in enumerate(golden_queries):
+            raw = validate_features(archive.read(query["video"]), 1024, query["video"])
+            assert len(raw) == golden["raw_num_rows"][i]
+            np.testing.assert_array_equal(resample_clips(raw, 200), golden["frames_feat"][i])
+
+
+def test_golden_words_match_exactly(golden_dir, golden_queries, golden):
+    glove = load_glove(golden_dir / "glove.pkl")
+    vocab = Vocabulary.from_glove(glove, 1111)
+    assert vocab.size == 1112
+    table = vocab.word_vectors(glove)
+    encoded = [vocab.encode(q["query"], 20) for q in golden_queries]
+    word_ids, words_len = pad_word_ids(encoded, golden["words_feat"].shape[1])
+    np.testing.assert_array_equal(words_len, golden["words_len"])
+    np.testing.assert_array_equal(word_ids[:, 1:], golden["words_id"])
+    words_feat = table[word_ids]
+    np.testing.assert_array_equal(words_feat[:, 1:], golden["words_feat"][:, 1:])
+
+
+def test_dropped_tokens_on_real_charades_query(charades_dir):
+    glove = load_glove(charades_dir / "glove.pkl")
+    vocab = Vocabulary.from_glove(glove, 1111)
+    test = json.loads((charades_dir / "test.json").read_text())
+    encoded = vocab.encode(test[176][3], 20)
+    assert encoded.dropped, "test.json[176] has a token outside the vocabulary"
+    assert len(encoded.word_ids) == len(encoded.words)
+    assert all(w not in vocab.index for w in encoded.dropped)
+    # the first 176 queries keep every token
+    assert not any(vocab.encode(sentence, 20).dropped for _, _, _, sentence in test[:176])
+
+
+def test_long_activitynet_sentences_truncate_to_20(activitynet_dir, charades_dir):
+    # ActivityNet's own glove.pkl is not available here; Charades' vocabulary still keeps many words.
+    vocab = Vocabulary.from_glove(load_glove(charades_dir / "glove.pkl"), 1111)
+    val = json.loads((activitynet_dir / "val_data.json").read_text())
+    long = [s for _, _, _, s in val if len(s.split()) > 40][:50]
+    encodings = [vocab.encode(s, 20) for s in long]
+    truncated = [e for e in encodings if e.truncated]
+    assert truncated
+    assert all(len(e.word_ids) == 20 for e in truncated)
+    full = vocab.encode(long[encodings.index(truncated[0])], 1000)
+    assert full.word_ids[:20] == truncated[0].word_ids
+
+
+def test_vocabulary_ties_keep_counter_order():
+    from collections import Counter
+
+    counter = Counter({"b": 2, "a": 2, "c": 5, "d": 1})
+    vocab = Vocabulary.from_counter(counter, 3)
+    assert vocab.words == ["c", "b", "a"]
+    assert vocab.index == {"c": 1, "b": 2, "a": 3}
+
+
+def test_query_without_kept_words_is_a_typed_error():
+    vocab = Vocabulary(["person", "door"])
+    with pytest.raises(InputError) as error:
+        vocab.encode("zebras dance", 20, name="q7")
+    assert error.value.code == "out_of_vocabulary" and "q7" in str(error.value)
+    with pytest.raises(InputError) as error:
+        vocab.encode("   ", 20)
+    assert error.value.code == "empty_query"
+
+
+def test_resample_short_and_long_sequences():
+    rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+    clips = resample_clips(rows, 4)  # bounds round([0, 1.5, 3, 4.5, 6]) = [0, 2, 3, 4, 5]
+    np.testing.assert_array_equal(clips, [[1, 2], [4, 5], [6, 7], [8, 9]])
+    one = resample_clips(np.ones((1, 3), np.float32), 200)
+    assert one.shape == (200, 3) and (one == 1).all()
+
+
+@pytest.mark.parametrize(
+    "array, code",
+    [
+        (np.zeros((5,), np.float32), "not_2d"),
+        (np.zeros((0, 4), np.float32), "no_rows"),
+        (np.zeros((5, 3), np.float32), "wrong_width"),
+        (np.array([[0, np.nan, 0, 0]], np.float32), "non_finite"),
+        (np.array([[0, np.inf, 0, 0]], np.float32), "non_finite"),
+    ],
+)
+def test_bad_features_name_the_video(array, code):
+    with pytest.raises(InputError) as error:
+        validate_features(array, 4, "vid42")
+    assert error.value.code == code and "vid42" in str(error.value)
