@@ -1,28 +1,74 @@
-"""Checkpoint -> one self-contained ONNX file with the runtime's metadata."""
+"""Checkpoint -> one self-contained ONNX file with the runtime's metadata.
+
+The fp32 graph comes from PyTorch's TorchScript exporter, which folds the packed attention weights into
+plain initializers (the int8 quantizer needs them so; the torch.export-based exporter splits and
+transposes them at run time). fp16 is the same module cast to half before export; int8 is ONNX Runtime's
+dynamic quantization of the fp32 file's matrix weights.
+"""
 from __future__ import annotations
 
+import dataclasses
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from cnm_export.graph import GeneratorGraph
 from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
 from cnm_runtime.text import Vocabulary, load_glove
 from cnm_train.checkpoint import file_sha256, load_checkpoint
+from cnm_train.model import CNM
+
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_OPSET = 18
 
 
-def export_checkpoint(checkpoint: str | Path, vocab: str | Path, out: str | Path, opset: int = 18,
-                      last_only: bool = True) -> ModelSpec:
-    """Export the mask generator of ``checkpoint`` to ``out``; returns the metadata written into it."""
+@dataclass
+class ExportSource:
+    """What an export reads: the PyTorch model, its word-vector table and the metadata to write."""
+
+    model: CNM
+    word_vectors: np.ndarray  # [vocab_size, word_dim], row 0 zeros
+    spec: ModelSpec  # precision fp32; export_model records the precision it writes
+
+
+def _cnm_version() -> str:
+    try:
+        return metadata.version("cnm")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def resolve_vocab(config: dict, vocab: str | Path | None) -> Path:
+    """``vocab`` if given, else the config's ``dataset.vocab_path`` when that file exists here."""
+    if vocab is not None:
+        return Path(vocab)
+    default = config["dataset"].get("vocab_path")
+    if default and Path(default).is_file():
+        return Path(default)
+    raise FileNotFoundError(
+        f"no vocabulary given and the checkpoint's dataset.vocab_path {default!r} does not exist here; "
+        "pass the glove.pkl the model was trained with"
+    )
+
+
+def load_source(checkpoint: str | Path, vocab: str | Path | None = None) -> ExportSource:
+    """Load ``checkpoint`` (ours or the original repo's) and the kept vocabulary of ``vocab`` (a glove.pkl)."""
     ckpt = load_checkpoint(checkpoint)
     dataset = ckpt.config["dataset"]
     model = ckpt.build_model()
+    vocab = resolve_vocab(ckpt.config, vocab)
     glove = load_glove(vocab)
     vocabulary = Vocabulary.from_glove(glove, dataset["vocab_size"])
     if vocabulary.size != model.cfg.vocab_size:
         raise ValueError(f"{vocab}: {vocabulary.size} ids but the checkpoint expects {model.cfg.vocab_size}")
-    graph = GeneratorGraph(model, vocabulary.word_vectors(glove), last_only=last_only)
     spec = ModelSpec(
         words=tuple(vocabulary.words),
         max_num_words=model.cfg.max_num_words,
@@ -31,8 +77,13 @@ def export_checkpoint(checkpoint: str | Path, vocab: str | Path, out: str | Path
         max_width=model.cfg.max_width,
         dataset=str(dataset.get("dataset", "")),
         checkpoint_sha256=file_sha256(checkpoint),
-        versions={"torch": torch.__version__, "onnx": onnx.__version__},
+        versions={"torch": torch.__version__, "onnx": onnx.__version__, "cnm": _cnm_version()},
     )
+    return ExportSource(model, vocabulary.word_vectors(glove), spec)
+
+
+def trace_to_onnx(graph: GeneratorGraph, spec: ModelSpec, out: Path, opset: int) -> None:
+    """Run PyTorch's exporter on ``graph``; only the batch axis is dynamic."""
     batch = 2
     example = (
         torch.zeros(batch, spec.max_num_frames, spec.frame_dim),
@@ -40,12 +91,90 @@ def export_checkpoint(checkpoint: str | Path, vocab: str | Path, out: str | Path
         torch.ones(batch, dtype=torch.long),
     )
     batch_dim = {0: "batch"}
-    torch.onnx.export(
-        graph, example, str(out), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-        dynamic_axes={name: batch_dim for name in INPUT_NAMES + OUTPUT_NAMES}, opset_version=opset, dynamo=False,
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own deprecation notes
+        torch.onnx.export(
+            graph, example, str(out), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+            dynamic_axes={name: batch_dim for name in INPUT_NAMES + OUTPUT_NAMES}, opset_version=opset,
+            dynamo=False,
+        )
+
+
+def quantize_int8(fp32: Path, out: Path) -> None:
+    """Dynamic int8 quantization of the MatMul/Gemm weights (activations are quantized per call).
+
+    The quantizer's pre-processing runs with shape inference only: its graph optimizations would tie
+    the file to this machine's CPU.
+    """
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+    prepared = fp32.with_name("prepared.onnx")
+    quant_pre_process(fp32, prepared, skip_optimization=True)
+    quantize_dynamic(
+        prepared, out, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},  # attention products of two activations stay float
     )
-    proto = onnx.load(str(out))
-    for key, value in spec.to_metadata().items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(out))
+
+
+def nonfinite_constants(proto: onnx.ModelProto) -> list[str]:
+    """Names of initializers and Constant nodes holding NaN or +-Inf (an fp16 mask must stay finite)."""
+    tensors = [(init.name, init) for init in proto.graph.initializer]
+    tensors += [(node.output[0], attr.t) for node in proto.graph.node if node.op_type == "Constant"
+                for attr in node.attribute if attr.name == "value"]
+    bad = []
+    for name, tensor in tensors:
+        array = numpy_helper.to_array(tensor)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad.append(name)
+    return bad
+
+
+def _build_graph(source: ExportSource, scratch: Path, precision: str, opset: int, last_only: bool) -> Path:
+    """The bare graph at ``precision`` (no metadata yet), written under ``scratch``."""
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+    traced = scratch / "traced.onnx"
+    trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, last_only, dtype), source.spec, traced, opset)
+    if precision != "int8":
+        return traced
+    quantized = scratch / "int8.onnx"
+    quantize_int8(traced, quantized)
+    return quantized
+
+
+def export_model(source: ExportSource, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
+                 last_only: bool = True) -> ModelSpec:
+    """Write ``source`` as one checked ONNX file (no external data) to ``out``; returns its metadata.
+
+    The file appears only once complete and checked. ``source.model`` is left as it was.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    out = Path(out)
+    versions = dict(source.spec.versions)
+    if precision == "int8":
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    spec = dataclasses.replace(source.spec, precision=precision, versions=versions)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # same file system: the rename is atomic
+        proto = onnx.load(str(_build_graph(source, Path(scratch), precision, opset, last_only)))
+        for key, value in spec.to_metadata().items():
+            proto.metadata_props.add(key=key, value=value)
+        bad = nonfinite_constants(proto)
+        if bad:
+            raise RuntimeError(f"exported graph has non-finite constants: {bad[:5]}")
+        final = Path(scratch) / "final.onnx"
+        onnx.save(proto, str(final))
+        onnx.checker.check_model(str(final), full_check=True)
+        os.replace(final, out)
     return spec
+
+
+def export_checkpoint(checkpoint: str | Path, vocab: str | Path | None, out: str | Path, *,
+                      precision: str = "fp32", opset: int = DEFAULT_OPSET, last_only: bool = True) -> ModelSpec:
+    """Export the mask generator of ``checkpoint`` to ``out``; returns the metadata written into it.
+
+    ``vocab`` is the glove.pkl of training (``None``: the checkpoint config's ``vocab_path``).
+    """
+    return export_model(load_source(checkpoint, vocab), out, precision, opset, last_only)

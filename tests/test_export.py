@@ -1,0 +1,322 @@
+"""cnm-export: one self-contained ONNX file that computes what PyTorch computes, at every precision."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+from conftest import GOLDEN, write_checkpoint, write_glove  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+
+from cnm_export import cli  # noqa: E402
+from cnm_export.export import export_checkpoint, export_model, load_source, nonfinite_constants  # noqa: E402
+from cnm_export.flops import graph_flops  # noqa: E402
+from cnm_export.verify import TOLERANCE, load_labelled_set, random_feed, verify_export  # noqa: E402
+from cnm_runtime.model_spec import ModelSpec  # noqa: E402
+from cnm_runtime.text import Vocabulary, load_glove  # noqa: E402
+from cnm_train.checkpoint import file_sha256, load_checkpoint  # noqa: E402
+
+
+def session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def spec_of(path) -> ModelSpec:
+    return ModelSpec.from_metadata(session(path).get_modelmeta().custom_metadata_map)
+
+
+def golden_feed(expected, rows=slice(None)) -> dict:
+    ids = expected["words_id"][rows]
+    word_ids = np.zeros((len(ids), 21), np.int64)
+    word_ids[:, 1 : ids.shape[1] + 1] = ids
+    return {"frames": expected["frames_feat"][rows], "word_ids": word_ids,
+            "words_len": expected["words_len"][rows].astype(np.int64)}
+
+
+def tiny_checkpoint(tmp_path, config="charades_i3d", vocab_size=40, **kw):
+    glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(vocab_size)])
+    return write_checkpoint(tmp_path / "model-best.pt", config, vocab_size=vocab_size, glove_path=glove, **kw), glove
+
+
+@pytest.fixture(scope="module")
+def golden_exports(tmp_path_factory):
+    """The golden checkpoint at all three precisions (exported once for the module)."""
+    if not GOLDEN.exists():
+        pytest.skip(f"{GOLDEN} is not available on this machine")
+    out = tmp_path_factory.mktemp("golden")
+    source = load_source(GOLDEN / "model-best.pt", GOLDEN / "glove.pkl")
+    for precision in ("fp32", "fp16", "int8"):
+        export_model(source, out / f"{precision}.onnx", precision)
+    return source, out
+
+
+# --- the golden checkpoint -----------------------------------------------------------------------
+
+def test_golden_outputs_at_batch_64_and_batch_1(golden_exports):
+    _, out = golden_exports
+    expected = np.load(GOLDEN / "expected.npz")
+    run = session(out / "fp32.onnx")
+    center, width = run.run(None, golden_feed(expected))
+    np.testing.assert_allclose(center, expected["center"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(width, expected["width"], atol=1e-5, rtol=0)
+    for i in range(0, 64, 7):
+        center, width = run.run(None, golden_feed(expected, slice(i, i + 1)))
+        assert abs(center[0] - expected["center"][i]) < 1e-5 and abs(width[0] - expected["width"][i]) < 1e-5
+
+
+def test_metadata_carries_what_the_runtime_needs(golden_exports):
+    _, out = golden_exports
+    spec = spec_of(out / "fp32.onnx")
+    assert list(spec.words) == Vocabulary.from_glove(load_glove(GOLDEN / "glove.pkl"), 1111).words
+    assert (spec.max_num_words, spec.max_num_frames, spec.frame_dim) == (20, 200, 1024)
+    assert spec.max_width == pytest.approx(0.45) and spec.dataset == "CharadesSTA" and spec.precision == "fp32"
+    assert spec.checkpoint_sha256 == file_sha256(GOLDEN / "model-best.pt")
+    assert {"torch", "onnx", "cnm"} <= set(spec.versions)
+    assert spec_of(out / "int8.onnx").precision == "int8" and "onnxruntime" in spec_of(out / "int8.onnx").versions
+    assert spec_of(out / "fp16.onnx").precision == "fp16"
+
+
+def _dims(value):
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim], value.type.tensor_type.elem_type
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_interface_is_float32_with_a_dynamic_batch(golden_exports, precision):
+    _, out = golden_exports
+    graph = onnx.load(str(out / f"{precision}.onnx")).graph
+    inputs = {v.name: _dims(v) for v in graph.input}
+    outputs = {v.name: _dims(v) for v in graph.output}
+    FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+    assert inputs == {"frames": (["batch", 200, 1024], FLOAT), "word_ids": (["batch", 21], INT64),
+                      "words_len": (["batch"], INT64)}
+    assert outputs == {"center": (["batch"], FLOAT), "width": (["batch"], FLOAT)}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_file_is_checked_self_contained_and_finite(golden_exports, tmp_path, precision):
+    _, out = golden_exports
+    alone = tmp_path / "alone" / "model.onnx"
+    alone.parent.mkdir()
+    shutil.copy(out / f"{precision}.onnx", alone)
+    onnx.checker.check_model(str(alone), full_check=True)
+    proto = onnx.load(str(alone))
+    assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
+    assert nonfinite_constants(proto) == []
+    expected = np.load(GOLDEN / "expected.npz")
+    center, _ = session(alone).run(None, golden_feed(expected, slice(0, 3)))
+    assert np.isfinite(center).all()
+
+
+def test_nonfinite_constants_are_found():
+    mask = numpy_helper.from_array(np.array([0.0, -np.inf], np.float32), "mask")
+    node = helper.make_node("Constant", [], ["fill"], value=numpy_helper.from_array(np.array(np.nan, np.float32)))
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("fill", onnx.TensorProto.FLOAT, [])],
+                              initializer=[mask])
+    assert nonfinite_constants(helper.make_model(graph)) == ["mask", "fill"]
+
+
+def test_only_the_mask_generator_and_the_word_table_are_inside(golden_exports):
+    source, out = golden_exports
+    proto = onnx.load(str(out / "fp32.onnx"))
+    stored = sum(numpy_helper.to_array(init).size for init in proto.graph.initializer)
+    params = load_checkpoint(GOLDEN / "model-best.pt").model_parameters
+    # The word decoder runs without memory in the generator, so its cross-attention is training-only too.
+    training_only = ("fc_rec.", "mask_vec", "decoder2.decoder_layers.0.encoder_attn",
+                     "decoder2.decoder_layers.1.encoder_attn")
+    generator = sum(v.numel() for k, v in params.items() if not any(part in k for part in training_only))
+    assert stored == generator + source.word_vectors.size
+    assert stored < sum(v.numel() for v in params.values()) + source.word_vectors.size
+
+
+@pytest.mark.parametrize("precision, max_error", [("fp16", 5e-3), ("int8", 5e-2)])
+def test_reduced_precision_is_verified_and_reported(golden_exports, precision, max_error):
+    source, out = golden_exports
+    report = verify_export(out / f"{precision}.onnx", source.model, source.word_vectors, GOLDEN)
+    assert report.passed
+    for case in report.cases:
+        assert report.verdict(case) == "reported"
+        assert 0 < max(case.max_center, case.max_width) < max_error  # really reduced, still close
+    labelled = report.cases[3]
+    assert labelled.case == "labelled set vs PyTorch" and labelled.queries == 64
+    assert abs(labelled.metric_change["IoU@0.5"]) <= 2 / 64 and abs(labelled.metric_change["mIoU"]) < 0.01
+    assert "reported" in report.table() and "d IoU@0.5" in report.table()
+    assert graph_flops(out / f"{precision}.onnx") == graph_flops(out / "fp32.onnx")
+
+
+def test_fp16_math_and_int8_weights(golden_exports):
+    _, out = golden_exports
+    fp16 = onnx.load(str(out / "fp16.onnx")).graph
+    weight_types = {init.data_type for init in fp16.initializer if len(init.dims) == 2}
+    assert weight_types == {onnx.TensorProto.FLOAT16}
+    int8 = onnx.load(str(out / "int8.onnx")).graph
+    assert sum(node.op_type == "MatMulInteger" for node in int8.node) >= 20
+    assert any(init.data_type == onnx.TensorProto.INT8 for init in int8.initializer)
+
+
+def test_fp32_verification_passes_on_random_and_golden_inputs(golden_exports):
+    source, out = golden_exports
+    report = verify_export(out / "fp32.onnx", source.model, source.word_vectors, GOLDEN)
+    assert [case.case for case in report.cases] == [
+        "random, batch 1", "random, batch 7", "random, batch 64", "labelled set vs PyTorch",
+        "labelled set vs expected.npz"]
+    assert report.passed and all(report.verdict(case) == "ok" for case in report.cases)
+    assert report.cases[3].metric_change == {"IoU@0.5": 0.0, "mIoU": pytest.approx(0.0, abs=1e-6)}
+
+
+def test_verification_fails_against_another_model(golden_exports):
+    source, out = golden_exports
+    other = load_checkpoint(GOLDEN / "model-best.pt").build_model()
+    with torch.no_grad():
+        other.fc_mask_gen.bias.add_(0.01)
+    report = verify_export(out / "fp32.onnx", other, source.word_vectors, batch_sizes=(1,))
+    assert not report.passed and "FAIL" in report.table()
+
+
+# --- export in general ---------------------------------------------------------------------------
+
+def test_random_inputs_cover_every_query_length():
+    spec = ModelSpec(words=tuple(f"w{i}" for i in range(9)), max_num_words=20, max_num_frames=200, frame_dim=8,
+                     max_width=1.0)
+    rng = np.random.default_rng(0)
+    assert random_feed(spec, 1, rng)["words_len"].tolist() == [20]
+    feed = random_feed(spec, 64, rng)
+    assert set(feed["words_len"].tolist()) == set(range(1, 21))
+    assert feed["frames"].shape == (64, 200, 8) and feed["word_ids"].shape == (64, 21)
+    assert feed["word_ids"].max() == 9 and (feed["word_ids"][:, 0] == 0).all()
+    assert ((feed["word_ids"] > 0).sum(axis=1) == feed["words_len"]).all()
+
+
+@pytest.mark.parametrize("config, vocab_size, frame_dim", [
+    ("charades_i3d", 1111, 1024), ("activitynet_clip", 8000, 512), ("activitynet_c3d", 8000, 500)])
+def test_every_original_config_exports_and_verifies(tmp_path, config, vocab_size, frame_dim):
+    checkpoint, glove = tiny_checkpoint(tmp_path, config, vocab_size)
+    spec = export_checkpoint(checkpoint, glove, tmp_path / "model.onnx")
+    assert spec.frame_dim == frame_dim and len(spec.words) == vocab_size
+    assert spec_of(tmp_path / "model.onnx") == spec
+    source = load_source(checkpoint, glove)
+    report = verify_export(tmp_path / "model.onnx", source.model, source.word_vectors)
+    assert report.passed, report.table()
+    assert [case.queries for case in report.cases] == [1, 7, 64]
+
+
+def _analytic_flops(d, layers, frame_dim, last_only, frames=200, slots=21, word_dim=300):
+    """Matrix-product FLOPs of the generator counted by hand (2 per multiply-add)."""
+    def attention(queries, keys):  # projections of q, k, v, out; scores; weighted sum
+        return 2 * (2 * queries * d * d + 2 * keys * d * d + 2 * queries * keys * d)
+
+    def layer(queries, keys, memory=None):
+        cross = attention(queries, memory) if memory else 0
+        return attention(queries, keys) + cross + 2 * 2 * queries * d * 2 * d
+
+    frame_layers = [layer(frames, frames, slots)] * layers
+    if last_only:
+        frame_layers[-1] = layer(1, frames, slots)
+    inputs = 2 * frames * frame_dim * d + 2 * slots * word_dim * d
+    return inputs + layers * layer(slots, slots) + sum(frame_layers) + 2 * d * 2
+
+
+def test_pruned_graph_matches_the_full_one_with_fewer_flops(tmp_path):
+    """The Charades shape (d=256, 3+3 layers, 1024-d frames): about 1.11 GFLOP per query before pruning."""
+    checkpoint, glove = tiny_checkpoint(tmp_path, d_model=256, layers=(3, 3))
+    export_checkpoint(checkpoint, glove, tmp_path / "full.onnx", last_only=False)
+    export_checkpoint(checkpoint, glove, tmp_path / "pruned.onnx")
+    full, pruned = graph_flops(tmp_path / "full.onnx"), graph_flops(tmp_path / "pruned.onnx")
+    assert full == _analytic_flops(256, 3, 1024, last_only=False)
+    assert pruned == _analytic_flops(256, 3, 1024, last_only=True)
+    assert 1.10e9 < full < 1.12e9 and pruned < 0.8 * full
+    feed = random_feed(spec_of(tmp_path / "full.onnx"), 7, np.random.default_rng(1))
+    full_outputs = session(tmp_path / "full.onnx").run(None, feed)
+    for expected, got in zip(full_outputs, session(tmp_path / "pruned.onnx").run(None, feed)):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_export_leaves_the_live_module_unchanged(tmp_path):
+    checkpoint, glove = tiny_checkpoint(tmp_path)
+    source = load_source(checkpoint, glove)
+    feed = {k: torch.from_numpy(v) for k, v in random_feed(source.spec, 5, np.random.default_rng(2)).items()}
+    words = torch.from_numpy(source.word_vectors)[feed["word_ids"]]
+
+    def eager():
+        with torch.no_grad():
+            return source.model.generate(feed["frames"], words, feed["words_len"])
+
+    before = eager()
+    state = {k: v.clone() for k, v in source.model.state_dict().items()}
+    source.model.train()
+    for precision in ("fp16", "fp32", "int8"):
+        export_model(source, tmp_path / f"{precision}.onnx", precision)
+    assert source.model.training
+    source.model.eval()
+    assert all(torch.equal(v, state[k]) for k, v in source.model.state_dict().items())
+    after = eager()
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+def test_opset_is_honoured(tmp_path):
+    checkpoint, glove = tiny_checkpoint(tmp_path)
+    export_checkpoint(checkpoint, glove, tmp_path / "m.onnx", opset=17)
+    assert {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}[""] == 17
+
+
+def test_wrong_vocabulary_is_a_clear_error(tmp_path):
+    checkpoint, _ = tiny_checkpoint(tmp_path, vocab_size=40)
+    small = write_glove(tmp_path / "small.pkl", ["a", "b"])
+    with pytest.raises(ValueError, match="small.pkl: 3 ids but the checkpoint expects 41"):
+        export_checkpoint(checkpoint, small, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_labelled_set_skips_bad_queries(tmp_path):
+    import h5py
+
+    spec = ModelSpec(words=("person", "door"), max_num_words=20, max_num_frames=200, frame_dim=4, max_width=1.0)
+    with h5py.File(tmp_path / "features.hdf5", "w") as archive:
+        archive["good"] = np.ones((30, 4), np.float32)
+        archive["narrow"] = np.ones((30, 3), np.float32)
+    lines = [
+        {"video": "good", "query": "zebra", "duration": 10.0, "timestamps": [1, 2]},
+        {"video": "narrow", "query": "person", "duration": 10.0, "timestamps": [1, 2]},
+        {"video": "good", "query": "the person opens the door", "duration": 10.0, "timestamps": [2, 5]},
+        {"video": "good", "query": "person"},  # no ground truth
+    ]
+    (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    labelled = load_labelled_set(tmp_path, spec)
+    assert labelled.rows == [2]
+    assert labelled.feed["word_ids"].tolist() == [[0, 1, 2] + [0] * 18] and labelled.feed["words_len"].tolist() == [2]
+    assert labelled.feed["frames"].shape == (1, 200, 4)
+    np.testing.assert_allclose(labelled.truth, [[0.2, 0.5]])
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def test_command_defaults_vocab_and_output_and_verifies(tmp_path):
+    checkpoint, _ = tiny_checkpoint(tmp_path)
+    result = CliRunner().invoke(cli.main, [str(checkpoint), "--verify"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "model-best.onnx"
+    assert f"wrote {written}" in result.output and "GFLOPs per query" in result.output
+    assert result.output.count(" ok") == 3
+    assert spec_of(written).precision == "fp32"
+
+
+def test_command_exits_non_zero_when_fp32_verification_fails(tmp_path, monkeypatch):
+    checkpoint, glove = tiny_checkpoint(tmp_path)
+    monkeypatch.setitem(TOLERANCE, "fp32", -1.0)  # nothing can agree within a negative tolerance
+    args = [str(checkpoint), "--vocab", str(glove), "-o", str(tmp_path / "x.onnx"), "--verify"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 1 and "FAIL" in result.output
+
+
+def test_command_names_the_missing_vocabulary(tmp_path):
+    glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(40)])
+    checkpoint = write_checkpoint(tmp_path / "m.pt", vocab_size=40, glove_path=glove)
+    glove.unlink()
+    result = CliRunner().invoke(cli.main, [str(checkpoint)])
+    assert result.exit_code != 0 and "vocab_path" in result.output and str(glove) in result.output
