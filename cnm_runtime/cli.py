@@ -1,6 +1,135 @@
-"""Placeholder: this command lands with its issue."""
+"""cnm-run: ground every query of a queries file in the videos of a feature archive, in batches.
+
+Predictions go to ``-o`` (standard output by default) as JSON lines in input order, each flushed as
+its batch finishes; ``--resume`` completes a file that a crash or Ctrl-C left unfinished. Bad
+queries and videos become records of ``--errors`` and the run goes on; the exit status is 1 when
+they exceed ``--max-errors``. Progress, logs and the summary go to standard error.
+"""
+from __future__ import annotations
+
+import logging
 import sys
+import time
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from cnm_runtime.archive import FeatureArchive
+from cnm_runtime.grounder import Grounder
+from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
+from cnm_runtime.queries import Query, QueryError, count_queries, qid_key, read_queries
+from cnm_runtime.report import RunTally, summary_lines
+from cnm_runtime.session import FALLBACKS
+
+log = logging.getLogger("cnm-run")
+EXIT_TOO_MANY_ERRORS = 1
+EXIT_INTERRUPTED = 130
 
 
-def main() -> None:
-    sys.exit(f"{sys.argv[0]}: not implemented yet")
+def _resume(output: Path, tally: RunTally) -> set[str]:
+    """The qids already in ``output`` (counted into ``tally``); an unfinished last line is cut off."""
+    if not output.exists():
+        log.info("nothing to resume: %s does not exist yet", output)
+        return set()
+    done = set()
+    try:
+        for record in read_back(output):
+            done.add(qid_key(record["qid"]))
+            tally.add_prediction(record, resumed=True)
+    except ValueError as error:
+        raise click.ClickException(f"cannot resume: {error}") from error
+    log.info("resuming: %d predictions already in %s", len(done), output)
+    return done
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", type=click.Path(dir_okay=False, path_type=Path), default="model-best.onnx",
+              show_default=True, help="ONNX model written by cnm-export.")
+@click.option("--features", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="HDF5 feature archive: a dataset per video, or a group per video holding c3d_features.")
+@click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON lines (video, query, [qid, duration, timestamps]) or an original annotation list.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True), default="-",
+              show_default=True, help="Predictions, one JSON line per query ('-': standard output).")
+@click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="One JSON line per bad query or video (default: logged to standard error).")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Counts, IoU@0.1..0.9 and mIoU (queries with timestamps), speed and provider, as JSON.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--provider", type=click.Choice(sorted(FALLBACKS)), default="auto", show_default=True,
+              help="auto tries TensorRT, then CUDA, then the CPU; a provider named here must start.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="ONNX Runtime threads on the CPU (0: one per core).")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Processes reading the archive (default: one per spare core, at most 8; 0: read here).")
+@click.option("--keep-videos", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Recent videos kept in memory, so nearby queries of one video share a read.")
+@click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="TensorRT engine and timing cache (default: ~/.cache/cnm/tensorrt).")
+@click.option("--resume", is_flag=True, help="Skip the qids already in -o and append the rest.")
+@click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Exit with status 1 when there are more errors than this.")
+def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
+         metrics_path: Path | None, batch_size: int, provider: str, threads: int, workers: int | None,
+         keep_videos: int, trt_cache: Path | None, resume: bool, max_errors: int) -> None:
+    """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")
+    to_stdout = str(output) == "-"
+    if resume and to_stdout:
+        raise click.UsageError("--resume needs -o FILE: standard output cannot be read back")
+    try:
+        FeatureArchive(features).close()  # fail now, not in a reader process
+        grounder = Grounder(model, provider=provider, threads=threads or None, batch_size=batch_size,
+                            workers=workers, keep_videos=keep_videos, trt_cache_dir=trt_cache)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise click.ClickException(str(error)) from error
+    log.info("model %s on %s, batches of %d, %d reader processes", model, grounder.provider, batch_size,
+             grounder.workers)
+
+    tally = RunTally()
+    done = _resume(output, tally) if resume else set()
+    todo = (item for item in read_queries(queries) if not (isinstance(item, Query) and qid_key(item.qid) in done))
+    started = time.perf_counter()
+    interrupted = False
+    with ExitStack() as files:
+        predictions = files.enter_context(JsonLines(None if to_stdout else output, append=resume))
+        error_file = files.enter_context(JsonLines(errors_path)) if errors_path else None
+        progress = files.enter_context(tqdm(total=count_queries(queries), initial=len(done), unit="query",
+                                            file=sys.stderr, disable=None, dynamic_ncols=True))
+        files.enter_context(logging_redirect_tqdm())
+        try:
+            for result in grounder.ground(features, todo):
+                if isinstance(result, QueryError):
+                    tally.add_error(result)
+                    if error_file:
+                        error_file.write(result.record())
+                    else:
+                        log.warning("qid %s: %s: %s", result.qid, result.code, result.message)
+                else:
+                    record = result.record()
+                    predictions.write(record)
+                    tally.add_prediction(record)
+                progress.update(1)
+        except KeyboardInterrupt:
+            interrupted = True
+        except BrokenProcessPool as error:  # a reader was killed (out of memory?): say so, keep what is written
+            raise click.ClickException(f"a reader process died ({error}); the predictions made so far are "
+                                       "written, and --resume continues them") from error
+
+    metrics = tally.metrics(grounder.provider, time.perf_counter() - started)
+    for line in summary_lines(metrics):
+        log.info("%s", line)
+    if interrupted:
+        log.info("interrupted: %s holds every prediction made so far; rerun with --resume to finish",
+                 "standard output" if to_stdout else output)
+        sys.exit(EXIT_INTERRUPTED)
+    if metrics_path:
+        write_json_atomic(metrics_path, metrics)
+    if metrics["errors"] > max_errors:
+        log.error("%d errors, more than --max-errors %d%s", metrics["errors"], max_errors,
+                  f" (see {errors_path})" if errors_path else "")
+        sys.exit(EXIT_TOO_MANY_ERRORS)

@@ -1,0 +1,186 @@
+"""Ground sentence queries in the videos of a feature archive with an exported model: cnm-run's engine.
+
+    grounder = Grounder("model-best.onnx")
+    for result in grounder.ground("features.hdf5", "queries.jsonl"):
+        print(result.record())  # a Prediction, or a QueryError saying why a query has none
+
+The work flows in three stages that overlap: worker processes read and resample each video once
+(``VideoReader``), a thread tokenizes the queries and stacks batches across videos, and the calling
+thread runs the batches in ONNX Runtime. Results come back in input order. Memory stays bounded
+whatever the sizes of the archive and the queries: at most ``2 * batch_size`` queries wait for
+their video, ``keep_videos`` recent videos are kept for reuse, and two batches are stacked ahead.
+
+Reader processes are started with ``spawn``, so a script that calls ``ground`` with ``workers > 0``
+needs the usual ``if __name__ == "__main__":`` guard.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from cnm_runtime.background import in_background
+from cnm_runtime.errors import InputError
+from cnm_runtime.queries import Query, QueryError, as_queries
+from cnm_runtime.session import ModelSession, available_cores
+from cnm_runtime.spans import spans_from_gaussian, temporal_iou
+from cnm_runtime.text import EncodedQuery, pad_word_ids
+from cnm_runtime.videos import VideoError, VideoReader
+
+# CNM predicts one window per query and no confidence; the window's score is this constant.
+WINDOW_SCORE = 1.0
+BATCHES_AHEAD = 2
+
+
+@dataclass(frozen=True)
+class Prediction:
+    query: Query
+    encoded: EncodedQuery
+    duration: float | None  # seconds: from the query, else from the archive
+    center: float
+    width: float  # already times max_width
+    span: tuple[float, float]  # fractions of the video, clipped to [0, 1]
+
+    @property
+    def iou(self) -> float | None:
+        """IoU with the ground truth, as the original evaluation computes it; None without one."""
+        if self.query.timestamps is None or self.duration is None:
+            return None
+        truth = np.array([self.query.timestamps]) / self.duration
+        return float(temporal_iou(np.array([self.span]), truth)[0])
+
+    def record(self) -> dict[str, Any]:
+        """One output line: the Moment-DETR layout (windows in seconds when the duration is known)."""
+        scale = self.duration if self.duration is not None else 1.0
+        record = {
+            "qid": self.query.qid,
+            "vid": self.query.video,
+            "query": self.query.sentence,
+            "duration": self.duration,
+            "center": self.center,
+            "width": self.width,
+            "pred_relevant_windows": [[self.span[0] * scale, self.span[1] * scale, WINDOW_SCORE]],
+            "dropped_words": list(self.encoded.dropped),
+            "truncated": self.encoded.truncated,
+        }
+        iou = self.iou
+        if iou is not None:
+            record["iou"] = iou
+        return record
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    """A query whose video is being read."""
+
+    query: Query
+    encoded: EncodedQuery
+    clips: Future
+
+
+@dataclass(frozen=True)
+class _Ready:
+    query: Query
+    encoded: EncodedQuery
+    frames: np.ndarray
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class _Batch:
+    items: list[_Ready]
+    frames: np.ndarray
+    word_ids: np.ndarray
+    words_len: np.ndarray
+
+
+def default_workers() -> int:
+    """Reader processes: one per spare core, at most 8 (one reads a few hundred videos a second)."""
+    return max(1, min(8, available_cores() - 1))
+
+
+class Grounder:
+    """An exported model in an ONNX Runtime session, ready to ground batches of queries."""
+
+    def __init__(self, model_path: str | Path = "model-best.onnx", *, provider: str = "auto",
+                 threads: int | None = None, batch_size: int = 64, workers: int | None = None,
+                 keep_videos: int = 64, trt_cache_dir: str | Path | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.session = ModelSession(model_path, provider, threads, batch_size, trt_cache_dir)
+        self.spec = self.session.spec
+        self.vocabulary = self.spec.vocabulary()
+        self.batch_size = batch_size
+        self.workers = default_workers() if workers is None else workers
+        self.keep_videos = keep_videos
+
+    @property
+    def provider(self) -> str:
+        """The ONNX Runtime provider that runs the model (after any fallback)."""
+        return self.session.provider
+
+    def ground(self, archive: str | Path, queries: str | Path | Iterable[Query | QueryError | dict]
+               ) -> Iterator[Prediction | QueryError]:
+        """One Prediction or QueryError per query, predictions in input order; a bad query never stops it."""
+        for item in in_background(self._batches(archive, as_queries(queries)), BATCHES_AHEAD):
+            if isinstance(item, QueryError):
+                yield item
+                continue
+            center, width = self.session.run(item.frames, item.word_ids, item.words_len)
+            spans = spans_from_gaussian(center, width)
+            for ready, c, w, span in zip(item.items, center, width, spans):
+                yield Prediction(ready.query, ready.encoded, ready.duration, float(c), float(w),
+                                 (float(span[0]), float(span[1])))
+
+    def _batches(self, archive: str | Path, queries: Iterator[Query | QueryError]) -> Iterator[_Batch | QueryError]:
+        with VideoReader(archive, self.spec.frame_dim, self.spec.max_num_frames, self.workers,
+                         self.keep_videos) as reader:
+            batch: list[_Ready] = []
+            for item in self._ready(queries, reader):
+                if isinstance(item, QueryError):
+                    yield item
+                    continue
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    yield self._stack(batch)
+                    batch = []
+            if batch:
+                yield self._stack(batch)
+
+    def _ready(self, queries: Iterator[Query | QueryError], reader: VideoReader) -> Iterator[_Ready | QueryError]:
+        """Queries with their clips, in input order, while the next ``2 * batch_size`` queries' videos load."""
+        waiting: deque[_Waiting | QueryError] = deque()
+        for item in queries:
+            waiting.append(self._encode(item, reader) if isinstance(item, Query) else item)
+            if len(waiting) > 2 * self.batch_size:
+                yield self._resolve(waiting.popleft())
+        while waiting:
+            yield self._resolve(waiting.popleft())
+
+    def _encode(self, query: Query, reader: VideoReader) -> _Waiting | QueryError:
+        try:
+            encoded = self.vocabulary.encode(query.sentence, self.spec.max_num_words, name=f"line {query.line}")
+        except InputError as error:
+            return QueryError(query.qid, query.line, error.code, error.message)
+        return _Waiting(query, encoded, reader.submit(query.video))
+
+    @staticmethod
+    def _resolve(item: _Waiting | QueryError) -> _Ready | QueryError:
+        if isinstance(item, QueryError):
+            return item
+        query, clips = item.query, item.clips.result()
+        if isinstance(clips, VideoError):
+            return QueryError(query.qid, query.line, clips.code, f"line {query.line}: {clips.message}")
+        duration = query.duration if query.duration is not None else clips.duration
+        if duration is not None and not duration > 0:
+            return QueryError(query.qid, query.line, "bad_duration",
+                              f"line {query.line}: video {query.video!r} has duration {duration} in the archive")
+        return _Ready(query, item.encoded, clips.frames, duration)
+
+    def _stack(self, batch: list[_Ready]) -> _Batch:
+        word_ids, words_len = pad_word_ids([ready.encoded for ready in batch], self.spec.word_slots)
+        return _Batch(batch, np.stack([ready.frames for ready in batch]), word_ids, words_len)

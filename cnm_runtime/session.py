@@ -1,0 +1,156 @@
+"""An exported CNM model in ONNX Runtime, on the best provider at hand, and a report of which one ran.
+
+``auto`` tries TensorRT, then CUDA, then the CPU. onnxruntime-gpu lists the GPU providers even where
+their libraries or the GPU are missing and then quietly falls back to the CPU, so the provider that
+runs is read back from the session after it is made; a provider asked for by name that does not come
+up is an error rather than a silent slow run. Inputs and outputs go through IO binding on every
+provider (on a GPU the inputs are copied to the device once and the outputs stay there until read).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
+
+log = logging.getLogger(__name__)
+
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+# What each --provider tries, best first; TensorRT keeps CUDA for the nodes it cannot take.
+FALLBACKS = {
+    "auto": ("tensorrt", "cuda", "cpu"),
+    "tensorrt": ("tensorrt", "cuda", "cpu"),
+    "cuda": ("cuda", "cpu"),
+    "cpu": ("cpu",),
+}
+ORT_DEFAULT_LOG_SEVERITY = 2  # warnings, ONNX Runtime's own default
+
+
+def default_trt_cache_dir() -> Path:
+    """Where TensorRT engines and timing caches are kept between runs (engines take minutes to build)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnm" / "tensorrt"
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _shapes(spec: ModelSpec, batch: int) -> str:
+    """A TensorRT profile string, e.g. ``frames:8x200x1024,word_ids:8x21,words_len:8``."""
+    dims = {"frames": (batch, spec.max_num_frames, spec.frame_dim), "word_ids": (batch, spec.word_slots),
+            "words_len": (batch,)}
+    return ",".join(f"{name}:{'x'.join(map(str, dims[name]))}" for name in INPUT_NAMES)
+
+
+def _provider_name(entry: str | tuple[str, dict]) -> str:
+    return entry if isinstance(entry, str) else entry[0]
+
+
+def _provider_chain(name: str, spec: ModelSpec, max_batch: int, trt_cache_dir: Path) -> list:
+    """ONNX Runtime's ``providers`` list for ``name`` (a key of FALLBACKS), with each provider's options."""
+    available = set(ort.get_available_providers())
+    if name != "auto" and PROVIDERS[name] not in available:
+        raise RuntimeError(f"provider {name!r}: this onnxruntime build has no {PROVIDERS[name]} "
+                           f"(it offers {sorted(available)})")
+    chain = []
+    for short in FALLBACKS[name]:
+        provider = PROVIDERS[short]
+        if provider not in available:
+            continue
+        if short == "tensorrt":
+            trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            chain.append((provider, {
+                "trt_fp16_enable": True,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(trt_cache_dir),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(trt_cache_dir),
+                # one profile for every batch size of the run: 1 (a short last batch) to max_batch
+                "trt_profile_min_shapes": _shapes(spec, 1),
+                "trt_profile_opt_shapes": _shapes(spec, max_batch),
+                "trt_profile_max_shapes": _shapes(spec, max_batch),
+            }))
+        elif short == "cuda":
+            chain.append((provider, {"device_id": 0}))
+        else:
+            chain.append(provider)
+    return chain
+
+
+class ModelSession:
+    """``run(frames, word_ids, words_len) -> (center, width)`` for batches of up to ``max_batch`` queries."""
+
+    def __init__(self, model_path: str | Path, provider: str = "auto", threads: int | None = None,
+                 max_batch: int = 64, trt_cache_dir: str | Path | None = None):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"model {self.model_path} does not exist (make one with cnm-export)")
+        if provider != "auto" and provider not in PROVIDERS:
+            raise ValueError(f"provider must be auto or one of {sorted(PROVIDERS)}, got {provider!r}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or available_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle threads sleep instead of spinning: the reader processes and the batching thread need those cores
+        # (measured on 2 cores: model alone and end to end both faster).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            cpu_session = ort.InferenceSession(str(self.model_path), options, providers=[PROVIDERS["cpu"]])
+        except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            raise ValueError(f"{self.model_path}: not a loadable ONNX model ({error})") from error
+        self.spec = self._read_spec(cpu_session)
+        chain = _provider_chain(provider, self.spec, max_batch, Path(trt_cache_dir or default_trt_cache_dir()))
+        if chain == [PROVIDERS["cpu"]]:
+            self.session = cpu_session
+        else:
+            self.session = self._create(options, chain, quiet=provider == "auto")
+        self.session.disable_fallback()  # a failing provider must raise, not switch to the CPU mid-run
+        self.provider = self.session.get_providers()[0]
+        if provider != "auto" and self.provider != PROVIDERS[provider]:
+            raise RuntimeError(f"provider {provider!r} did not start (ONNX Runtime fell back to {self.provider}); "
+                               "check the CUDA/TensorRT libraries and the GPU, or use --provider auto")
+        if self.provider != _provider_name(chain[0]):
+            log.info("%s did not start; running on %s", _provider_name(chain[0]), self.provider)
+        self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
+
+    def _read_spec(self, session: ort.InferenceSession) -> ModelSpec:
+        names = tuple(node.name for node in session.get_inputs())
+        if set(names) != set(INPUT_NAMES):
+            raise ValueError(f"{self.model_path}: inputs {names} are not a CNM model's {INPUT_NAMES}")
+        return ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map, str(self.model_path))
+
+    def _create(self, options: ort.SessionOptions, chain: list, quiet: bool) -> ort.InferenceSession:
+        # ONNX Runtime prints its fallback notices with print(), which would land among the predictions.
+        # In auto mode a missing GPU library is expected: its notices go to the debug log, not the screen.
+        notices = io.StringIO()
+        with contextlib.redirect_stdout(notices if quiet else sys.stderr):
+            if quiet:
+                ort.set_default_logger_severity(4)
+            try:
+                return ort.InferenceSession(str(self.model_path), options, providers=chain)
+            finally:
+                ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
+                if notices.getvalue():
+                    log.debug("onnxruntime: %s", notices.getvalue().strip())
+
+    def run(self, frames: np.ndarray, word_ids: np.ndarray, words_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, array in zip(INPUT_NAMES, (frames, word_ids, words_len)):
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0))
+        for name in OUTPUT_NAMES:
+            binding.bind_output(name, self.device, 0)
+        self.session.run_with_iobinding(binding)
+        center, width = binding.copy_outputs_to_cpu()
+        return center, width

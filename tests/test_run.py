@@ -1,0 +1,318 @@
+"""cnm-run's engine: queries in, predictions in input order out, bad input as error records, bounded memory."""
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cnm_runtime.archive import FeatureArchive
+from cnm_runtime.grounder import Grounder, Prediction
+from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
+from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
+from cnm_runtime.report import RunTally
+from cnm_runtime.session import PROVIDERS, ModelSession, _provider_chain
+
+WORDS = (
+    "person the a door opens closes light turns on off walks sits chair table holds cup drinks from puts down "
+    "picks up book reads laptop phone runs stands window looks out eats sandwich takes towel washes hands "
+    "smiles laughs pours water bag shoes box mirror floor bed blanket pillow sofa"
+).split()
+assert len(WORDS) == 50 and len(set(WORDS)) == 50
+FRAME_DIM = 1024  # the Charades config's, as write_checkpoint builds it
+
+
+# --- small artefacts made on the fly, shared with test_run_cli.py --------------------------------
+
+def export_tiny_model(folder: Path) -> Path:
+    """A random-weight CNM over WORDS, exported by cnm_export (torch is needed here, not at run time)."""
+    pytest.importorskip("torch")
+    from cnm_export.export import export_checkpoint
+    from conftest import write_checkpoint, write_glove
+
+    glove = write_glove(folder / "glove.pkl", list(WORDS))
+    checkpoint = write_checkpoint(folder / "model.pt", vocab_size=len(WORDS), glove_path=glove)
+    export_checkpoint(checkpoint, glove, folder / "model.onnx")
+    return folder / "model.onnx"
+
+
+def _features(rng: np.random.Generator, rows: int, dim: int = FRAME_DIM) -> np.ndarray:
+    return np.maximum(rng.standard_normal((rows, dim)), 0).astype(np.float32)
+
+
+GOOD_VIDEOS = ("v0", "v1", "v2", "v3", "v4", "v5", "g0")  # g0: the ActivityNet C3D layout, a group
+
+
+def write_archive(path: Path, videos: int = 6, seed: int = 0) -> Path:
+    """Good videos v0.. (the first three with a duration attribute), a C3D-layout group g0 and one bad video
+    of each kind: nan, wide, empty, flat (1-D), negdur (a non-positive duration attribute) and strdur (a
+    duration attribute that is no number)."""
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as out:
+        for v in range(videos):
+            dataset = out.create_dataset(f"v{v}", data=_features(rng, int(rng.integers(3, 40))))
+            if v < 3:
+                dataset.attrs["duration"] = 10.0 + v
+        out.create_group("g0").create_dataset("c3d_features", data=_features(rng, 17))
+        out["g0"].attrs["duration"] = 25.0
+        nan = _features(rng, 12)
+        nan[3, 5] = np.nan
+        out.create_dataset("nan", data=nan)
+        out.create_dataset("wide", data=_features(rng, 12, dim=512))
+        out.create_dataset("empty", data=np.zeros((0, FRAME_DIM), np.float32))
+        out.create_dataset("flat", data=np.ones(FRAME_DIM, np.float32))
+        out.create_dataset("negdur", data=_features(rng, 12)).attrs["duration"] = -3.0
+        out.create_dataset("strdur", data=_features(rng, 12)).attrs["duration"] = "long"
+    return path
+
+
+def good_records(count: int, seed: int = 1) -> list[dict]:
+    """Valid queries over GOOD_VIDEOS with explicit qids; some with out-of-vocabulary words, one overlong."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(count):
+        words = list(rng.choice(WORDS, size=int(rng.integers(2, 9))))
+        if i % 5 == 1:
+            words.insert(1, "zebra")  # dropped: not in the vocabulary
+        if i == 3:
+            words = list(WORDS[:25])  # more than max_num_words (20): truncated
+        record = {"qid": f"q{i}", "video": GOOD_VIDEOS[i % len(GOOD_VIDEOS)], "query": " ".join(words) + "."}
+        if i % 3 == 0:
+            record["duration"] = 30.0
+            record["timestamps"] = [float(i % 10), float(i % 10) + 7.5]
+        records.append(record)
+    return records
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return export_tiny_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return write_archive(tmp_path_factory.mktemp("archive") / "features.hdf5")
+
+
+def ground_all(grounder: Grounder, archive: Path, queries) -> tuple[list[dict], list[QueryError]]:
+    predictions, errors = [], []
+    for result in grounder.ground(archive, queries):
+        if isinstance(result, Prediction):
+            predictions.append(json.loads(json.dumps(result.record())))
+        else:
+            errors.append(result)
+    return predictions, errors
+
+
+# --- queries ---------------------------------------------------------------------------------------
+
+def test_json_lines_default_qids_and_fields(tmp_path):
+    path = write_lines(tmp_path / "q.jsonl", [
+        {"video": "a", "query": "person opens the door"},
+        "",
+        {"video": "b", "query": "x", "qid": "mine", "duration": 12, "timestamps": [1, 2.5]},
+    ])
+    first, second = read_queries(path)
+    assert (first.qid, first.line, first.duration, first.timestamps) == (0, 1, None, None)
+    assert (second.qid, second.line, second.duration, second.timestamps) == ("mine", 3, 12.0, (1.0, 2.5))
+    assert count_queries(path) == 2
+
+
+@pytest.mark.parametrize("line, code", [
+    ('{"video": "a", "query": ', "malformed_json"),
+    ('["a", "b"]', "not_an_object"),
+    ('{"query": "person"}', "missing_field"),
+    ('{"video": "a"}', "missing_field"),
+    ('{"video": 3, "query": "person"}', "bad_field"),
+    ('{"video": "a", "query": "person", "qid": 1.5}', "bad_field"),
+    ('{"video": "a", "query": "person", "duration": "long"}', "bad_field"),
+    ('{"video": "a", "query": "person", "duration": 0}', "bad_duration"),
+    ('{"video": "a", "query": "person", "duration": -4.0}', "bad_duration"),
+    ('{"video": "a", "query": "person", "timestamps": [3]}', "bad_field"),
+    ('{"video": "a", "query": "person", "timestamps": [5, 2]}', "bad_field"),
+])
+def test_bad_lines_become_error_records(tmp_path, line, code):
+    path = write_lines(tmp_path / "q.jsonl", [{"video": "a", "query": "fine"}, line])
+    good, bad = read_queries(path)
+    assert isinstance(good, Query) and isinstance(bad, QueryError)
+    assert (bad.code, bad.line) == (code, 2)
+    assert "line 2" in bad.message
+
+
+def test_original_annotation_list(tmp_path):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps([["3MSZA", 30.96, [24.3, 30.4], "person turn a light on."], ["X", 8, "broken"],
+                                ["Y", 0, [1, 2], "person sits."]]))
+    first, broken, zero = read_queries(path)
+    assert first == Query(1, 0, "3MSZA", "person turn a light on.", 30.96, (24.3, 30.4))
+    assert (broken.qid, broken.code) == (1, "malformed_entry")
+    assert (zero.qid, zero.code) == (2, "bad_duration")
+    assert count_queries(path) == 3
+
+
+# --- sessions and providers ------------------------------------------------------------------------
+
+def test_provider_reported_is_the_one_that_runs(tiny_model):
+    session = ModelSession(tiny_model, "auto", max_batch=4)
+    assert session.provider == session.session.get_providers()[0]
+    assert session.device == ("cpu" if session.provider == PROVIDERS["cpu"] else "cuda")
+
+
+def test_named_provider_that_does_not_start_is_an_error(tiny_model):
+    session = ModelSession(tiny_model, "auto", max_batch=4)
+    if session.provider != PROVIDERS["cpu"]:
+        pytest.skip("a GPU provider runs here")
+    with pytest.raises(RuntimeError, match="cuda"):
+        ModelSession(tiny_model, "cuda", max_batch=4)
+
+
+def test_tensorrt_options_cover_batch_one_to_max(tiny_model, tmp_path):
+    spec = ModelSession(tiny_model, "cpu").spec
+    chain = _provider_chain("auto", spec, max_batch=48, trt_cache_dir=tmp_path / "trt")
+    if PROVIDERS["tensorrt"] not in [entry[0] for entry in chain if isinstance(entry, tuple)]:
+        pytest.skip("this onnxruntime build has no TensorRT provider")
+    name, options = chain[0]
+    assert name == PROVIDERS["tensorrt"] and chain[-1] == PROVIDERS["cpu"]
+    assert options["trt_fp16_enable"] and options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
+    assert options["trt_engine_cache_path"] == str(tmp_path / "trt") and (tmp_path / "trt").is_dir()
+    assert options["trt_profile_min_shapes"] == "frames:1x200x1024,word_ids:1x21,words_len:1"
+    assert options["trt_profile_max_shapes"] == "frames:48x200x1024,word_ids:48x21,words_len:48"
+
+
+# --- grounding -------------------------------------------------------------------------------------
+
+def test_predictions_match_single_query_runs(tiny_model, archive):
+    """Batching across videos changes nothing: each prediction equals the model run on that query alone."""
+    records = good_records(10)
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=4, workers=0), archive, records)
+    assert errors == [] and [p["qid"] for p in predictions] == [r["qid"] for r in records]
+    alone = Grounder(tiny_model, batch_size=1, workers=0)
+    for record, prediction in zip(records, predictions):
+        (single,), _ = ground_all(alone, archive, [record])
+        assert abs(single["center"] - prediction["center"]) < 1e-5
+        assert abs(single["width"] - prediction["width"]) < 1e-5
+
+
+def test_prediction_record_layout(tiny_model, archive):
+    records = [
+        {"qid": "with_gt", "video": "v3", "query": "person opens the zebra door", "duration": 20.0,
+         "timestamps": [2.0, 9.0]},
+        {"qid": "archive_duration", "video": "v1", "query": "person sits"},
+        {"qid": "c3d_group", "video": "g0", "query": "person sits"},
+        {"qid": "no_duration", "video": "v4", "query": "person sits"},
+        {"qid": "long", "video": "v4", "query": " ".join(WORDS[:25])},
+    ]
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=8, workers=0), archive, records)
+    assert errors == []
+    gt, from_archive, c3d, fractions, long = predictions
+    assert gt["dropped_words"] == ["zebra"] and not gt["truncated"]
+    start, end, score = gt["pred_relevant_windows"][0]
+    assert score == 1.0 and 0 <= start <= end <= 20.0
+    assert start == pytest.approx(max(gt["center"] - gt["width"] / 2, 0) * 20.0, abs=1e-5)
+    truth = (2.0 / 20.0, 9.0 / 20.0)
+    inter = max(0.0, min(end / 20, truth[1]) - max(start / 20, truth[0]))
+    union = max(end / 20, truth[1]) - min(start / 20, truth[0])
+    assert gt["iou"] == pytest.approx(inter / union, abs=1e-6)
+    assert from_archive["duration"] == 11.0 and "iou" not in from_archive
+    assert c3d["duration"] == 25.0
+    assert fractions["duration"] is None and 0 <= fractions["pred_relevant_windows"][0][1] <= 1
+    assert long["truncated"] and long["dropped_words"] == []
+
+
+def test_each_video_is_read_once(tiny_model, archive, monkeypatch):
+    reads = []
+    original = FeatureArchive.read
+    monkeypatch.setattr(FeatureArchive, "read", lambda self, video: reads.append(video) or original(self, video))
+    # interleaved videos within the kept window, and one video with more queries than a batch
+    records = [{"video": f"v{i % 3}", "query": "person opens the door"} for i in range(12)]
+    records += [{"video": "v5", "query": "person sits"} for _ in range(9)]
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=4, workers=0, keep_videos=3), archive, records)
+    assert len(predictions) == 21 and errors == []
+    assert sorted(reads) == ["v0", "v1", "v2", "v5"]
+
+
+def test_worker_processes_give_the_same_predictions(tiny_model, archive):
+    records = good_records(9) + [{"video": "nan", "query": "person sits"}]
+    inline = ground_all(Grounder(tiny_model, batch_size=4, workers=0), archive, records)
+    parallel = ground_all(Grounder(tiny_model, batch_size=4, workers=2), archive, records)
+    assert inline == parallel and len(inline[0]) == 9 and inline[1][0].code == "non_finite"
+
+
+@pytest.mark.parametrize("video, code", [
+    ("missing", "unknown_video"), ("nan", "non_finite"), ("wide", "wrong_width"), ("empty", "no_rows"),
+    ("flat", "not_2d"), ("negdur", "bad_duration"), ("strdur", "unreadable_video"),
+])
+def test_bad_video_costs_only_its_queries(tiny_model, archive, video, code):
+    records = [{"qid": 0, "video": "v0", "query": "person sits"}, {"qid": 1, "video": video, "query": "person sits"},
+               {"qid": 2, "video": "v1", "query": "person sits"}]
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=2, workers=0), archive, records)
+    assert [p["qid"] for p in predictions] == [0, 2]
+    assert [(e.qid, e.line, e.code) for e in errors] == [(1, 2, code)]
+    assert repr(video) in errors[0].message
+
+
+def test_memory_does_not_grow_with_the_archive(tiny_model, tmp_path):
+    """Peak traced memory for 96 one-query videos is about that for 24: videos are not kept."""
+    grounder = Grounder(tiny_model, batch_size=4, workers=0, keep_videos=4)
+    peaks = []
+    for videos in (24, 96):
+        path = write_archive(tmp_path / f"a{videos}.hdf5", videos=videos)
+        records = [{"video": f"v{v}", "query": "person opens the door"} for v in range(videos)]
+        tracemalloc.start()
+        predictions, _ = ground_all(grounder, path, records)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert len(predictions) == videos
+    clips_bytes = 200 * FRAME_DIM * 4  # one resampled video
+    assert peaks[1] < 1.3 * peaks[0]
+    assert peaks[1] < 40 * clips_bytes  # far below the 96 videos
+
+
+# --- output files ----------------------------------------------------------------------------------
+
+def test_read_back_cuts_a_partial_last_line(tmp_path):
+    path = tmp_path / "pred.jsonl"
+    with JsonLines(path) as out:
+        for qid in range(3):
+            out.write({"qid": qid, "center": 0.5})
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"qid": 3, "cen')
+    assert [r["qid"] for r in read_back(path)] == [0, 1, 2]
+    assert path.read_bytes() == whole
+
+
+def test_read_back_refuses_a_foreign_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n")
+    with pytest.raises(ValueError, match="line 1"):
+        list(read_back(path))
+    assert path.read_text() == "hello\n"
+
+
+def test_write_json_atomic_replaces_whole(tmp_path):
+    path = tmp_path / "m.json"
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_tally_counts_and_metrics():
+    tally = RunTally()
+    tally.add_prediction({"qid": 0, "iou": 0.6, "dropped_words": ["zebra", "x"], "truncated": True}, resumed=True)
+    tally.add_prediction({"qid": 1, "iou": 0.2, "dropped_words": [], "truncated": False})
+    tally.add_prediction({"qid": 2, "dropped_words": [], "truncated": False})
+    tally.add_error(QueryError(3, 4, "unknown_video", "x"))
+    metrics = tally.metrics("CPUExecutionProvider", wall_s=2.0)
+    assert metrics["IoU@0.5"] == 0.5 and metrics["mIoU"] == pytest.approx(0.4)
+    assert (metrics["queries"], metrics["predicted"], metrics["with_ground_truth"], metrics["errors"]) == (4, 3, 2, 1)
+    assert (metrics["dropped_tokens"], metrics["truncated_queries"], metrics["resumed"]) == (2, 1, 1)
+    assert metrics["errors_by_code"] == {"unknown_video": 1} and metrics["queries_per_s"] == 1.5
