@@ -1,0 +1,85 @@
+"""The engines a benchmark compares, and how a worker process turns one into ``run(feed) -> (center, width)``.
+
+PyTorch engines run the checkpoint's ``generate`` unpruned, as the original code does; ONNX Runtime
+engines run an exported file through cnm-run's own ``ModelSession``, so the figures are those of the
+tuned sessions that cnm-run uses.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+Feed = dict[str, np.ndarray]  # frames, word_ids, words_len: a batch as the exported graph takes it
+Runner = Callable[[Feed], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str  # key in the results
+    label: str  # what the tables show
+    graph: str  # what the worker loads: "checkpoint", or the precision of an exported file
+    provider: str  # "cpu"/"cuda" for PyTorch; a ModelSession provider for ONNX Runtime
+    needs_gpu: bool
+
+    @property
+    def is_torch(self) -> bool:
+        return self.graph == "checkpoint"
+
+
+ENGINES = (
+    Engine("torch-eager", "PyTorch eager fp32", "checkpoint", "cpu", needs_gpu=False),
+    Engine("ort-fp32", "ONNX Runtime fp32", "fp32", "cpu", needs_gpu=False),
+    Engine("ort-int8", "ONNX Runtime int8", "int8", "cpu", needs_gpu=False),
+    Engine("torch-cuda", "PyTorch CUDA fp32", "checkpoint", "cuda", needs_gpu=True),
+    Engine("ort-cuda-fp16", "ONNX Runtime CUDA fp16", "fp16", "cuda", needs_gpu=True),
+    # TensorRT builds its own fp16 engine from the fp32 file (ModelSession turns trt_fp16_enable on).
+    Engine("ort-trt-fp16", "ONNX Runtime TensorRT fp16", "fp32", "tensorrt", needs_gpu=True),
+)
+BY_NAME = {engine.name: engine for engine in ENGINES}
+REFERENCE = "torch-eager"  # speed-ups and output differences are measured against it
+
+# PyTorch's OpenMP threads busy-wait by default; when they share the cores with any other process that
+# collapses (4-20x slower at 2 threads on a busy 2-core machine). An OMP_WAIT_POLICY already set wins.
+TORCH_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def worker_env(engine: Engine) -> dict[str, str]:
+    """Environment variables a worker for ``engine`` must start with (read before PyTorch loads)."""
+    return {"OMP_WAIT_POLICY": TORCH_OMP_WAIT_POLICY} if engine.is_torch else {}
+
+
+def torch_runner(checkpoint: Path, vocab: Path | None, device: str, threads: int) -> Runner:
+    """``model.generate`` (unpruned) under inference mode, word lookup and host copies included."""
+    import torch
+
+    from cnm_export.export import load_source
+    from cnm_export.verify import pytorch_outputs
+
+    torch.set_num_threads(threads)
+    source = load_source(checkpoint, vocab)
+    if device == "cpu":
+        return lambda feed: pytorch_outputs(source.model, source.word_vectors, feed)
+
+    model = source.model.to(device)
+    table = torch.from_numpy(source.word_vectors).to(device)
+
+    def run(feed: Feed) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            frames, word_ids, words_len = (torch.from_numpy(feed[k]).to(device)
+                                           for k in ("frames", "word_ids", "words_len"))
+            center, width = model.generate(frames, table[word_ids], words_len)
+            return center.cpu().numpy(), width.cpu().numpy()
+
+    return run
+
+
+def ort_runner(model: Path, provider: str, threads: int, max_batch: int) -> tuple[Runner, str]:
+    """cnm-run's session on ``provider``; also returns the provider that really runs."""
+    from cnm_runtime.session import ModelSession
+
+    session = ModelSession(model, provider, threads, max_batch)
+    return (lambda feed: session.run(**feed)), session.provider

@@ -1,0 +1,73 @@
+"""Raw measurements -> the figures the tables show: medians with the min-max of the rounds, latency
+percentiles, accuracy with the drift from PyTorch fp32, and the targets of the benchmark issue."""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import numpy as np
+
+from benchmarks.engines import REFERENCE
+from cnm_runtime.spans import grounding_metrics, spans_from_gaussian, temporal_iou
+
+ACCURACY_METRICS = ("IoU@0.3", "IoU@0.5", "IoU@0.7", "mIoU")
+
+
+def spread(values: list[float]) -> dict[str, Any]:
+    """Median with the min-max of the rounds (and the rounds themselves)."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": list(values)}
+
+
+def speed_figures(round_qps: list[float], latencies_s: list[float], flops_per_query: float | None) -> dict[str, Any]:
+    """Queries/s over the rounds, latency per batch over every timed batch, achieved GFLOP/s at the median."""
+    queries_per_s = spread(round_qps)
+    return {
+        "queries_per_s": queries_per_s,
+        "latency_ms": {"p50": float(np.percentile(latencies_s, 50) * 1e3),
+                       "p99": float(np.percentile(latencies_s, 99) * 1e3), "batches": len(latencies_s)},
+        "gflops_per_s": None if flops_per_query is None else queries_per_s["median"] * flops_per_query / 1e9,
+    }
+
+
+def accuracy_figures(outputs: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
+                     reference: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
+    """IoU@0.3/0.5/0.7 and mIoU (fractions), and the largest output differences from ``reference``."""
+    metrics = grounding_metrics(temporal_iou(spans_from_gaussian(*outputs), truth))
+    figures: dict[str, Any] = {name: metrics[name] for name in ACCURACY_METRICS}
+    for key, ours, theirs in zip(("max_abs_d_center", "max_abs_d_width"), outputs, reference or (None, None)):
+        figures[key] = None if theirs is None else float(np.max(np.abs(ours - theirs)))
+    return figures
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+def _target(text: str, value: float | None, bound: float, at_least: bool) -> dict[str, Any]:
+    met = None if value is None else (value >= bound if at_least else value <= bound)
+    return {"target": text, "value": value, "bound": bound, "met": met}
+
+
+def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, batch: int) -> list[dict[str, Any]]:
+    """The issue's targets at ``batch``; ``met`` is None where an engine they need did not run."""
+    def qps(name: str) -> float | None:
+        speed = engines[name].get("speed", {}).get(str(batch))
+        return speed["queries_per_s"]["median"] if speed else None
+
+    def metric_change(name: str, metric: str) -> float | None:
+        ours, fp32 = engines[name].get("accuracy"), engines["ort-fp32"].get("accuracy")
+        return abs(ours[metric] - fp32[metric]) if ours and fp32 else None
+
+    e2e_qps = end_to_end["queries_per_s"]["median"] if end_to_end else None
+    return [
+        _target(f"ONNX Runtime fp32 >= 1.8x PyTorch eager queries/s at batch {batch}",
+                ratio(qps("ort-fp32"), qps(REFERENCE)), 1.8, at_least=True),
+        _target(f"ONNX Runtime int8 >= 3x PyTorch eager queries/s at batch {batch}",
+                ratio(qps("ort-int8"), qps(REFERENCE)), 3.0, at_least=True),
+        _target("int8 IoU@0.5 within 1 point of fp32 (ONNX Runtime)", metric_change("ort-int8", "IoU@0.5"), 0.01,
+                at_least=False),
+        _target("int8 mIoU within 1 point of fp32 (ONNX Runtime)", metric_change("ort-int8", "mIoU"), 0.01,
+                at_least=False),
+        _target(f"end-to-end cnm-run >= 0.85x model-only ONNX Runtime fp32 at batch {batch}",
+                ratio(e2e_qps, qps("ort-fp32")), 0.85, at_least=True),
+    ]

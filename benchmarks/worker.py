@@ -1,0 +1,136 @@
+"""One engine in its own process, measuring only when told to: ``python -m benchmarks.worker ENGINE ...``.
+
+Engines that share a process, or measure at the same time, distort each other badly on a few cores,
+so the coordinator starts one worker per engine and sends one command at a time on stdin. Each answer
+is one JSON line on stdout; anything else (ONNX Runtime notices included) is sent to stderr.
+
+    {"cmd": "predict", "out": PATH}                    -> {"ok": true}  (every query; center, width to PATH)
+    {"cmd": "measure", "batch_size": B, "batches": N}  -> {"latencies_s": [N seconds]}
+
+A measurement first runs one untimed batch (the warm-up), then N timed batches of consecutive queries,
+taken round-robin from the prepared inputs. ``Worker`` is the coordinator's end of the pipe.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from benchmarks.engines import BY_NAME, Feed, Runner, ort_runner, torch_runner
+
+PREDICT_CHUNK = 64
+WARMUP_BATCHES = 1
+REPO = Path(__file__).resolve().parents[1]  # benchmarks/ is a folder of the repository, not installed
+
+
+def load_feed(path: Path) -> Feed:
+    with np.load(path) as arrays:
+        return {name: arrays[name] for name in ("frames", "word_ids", "words_len")}
+
+
+def batch_of(feed: Feed, start: int, size: int) -> Feed:
+    rows = (start + np.arange(size)) % len(feed["words_len"])
+    return {name: array[rows] for name, array in feed.items()}
+
+
+def predict(run: Runner, feed: Feed) -> tuple[np.ndarray, np.ndarray]:
+    total = len(feed["words_len"])
+    parts = [run({k: v[i : i + PREDICT_CHUNK] for k, v in feed.items()}) for i in range(0, total, PREDICT_CHUNK)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def measure(run: Runner, feed: Feed, batch_size: int, batches: int) -> list[float]:
+    """Seconds per timed batch; the batch is built before its clock starts."""
+    for i in range(WARMUP_BATCHES):
+        run(batch_of(feed, i * batch_size, batch_size))
+    latencies = []
+    for i in range(batches):
+        batch = batch_of(feed, i * batch_size, batch_size)
+        started = time.perf_counter()
+        run(batch)
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def _protocol_stream():
+    """The real stdout for answers; file descriptor 1 then points at stderr, so stray prints cannot mix in."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return answers
+
+
+@click.command()
+@click.argument("engine_name", type=click.Choice(sorted(BY_NAME)))
+@click.option("--inputs", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="ONNX engines")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PyTorch engines")
+@click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PyTorch engines")
+@click.option("--threads", type=click.IntRange(min=1), required=True)
+@click.option("--max-batch", type=click.IntRange(min=1), required=True)
+def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | None, vocab: Path | None,
+         threads: int, max_batch: int) -> None:
+    answers = _protocol_stream()
+
+    def answer(message: dict) -> None:
+        answers.write(json.dumps(message) + "\n")
+
+    engine = BY_NAME[engine_name]
+    try:
+        if engine.is_torch:
+            run, provider = torch_runner(checkpoint, vocab, engine.provider, threads), f"torch-{engine.provider}"
+        else:
+            run, provider = ort_runner(model, engine.provider, threads, max_batch)
+    except Exception as error:  # a provider that cannot start is a result ("not run: why"), not a crash
+        answer({"error": f"{type(error).__name__}: {error}"})
+        return
+    feed = load_feed(inputs)
+    answer({"ready": True, "provider": provider})
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["cmd"] == "predict":
+            center, width = predict(run, feed)
+            np.savez(command["out"], center=center, width=width)
+            answer({"ok": True})
+        else:
+            answer({"latencies_s": measure(run, feed, command["batch_size"], command["batches"])})
+
+
+class Worker:
+    """Starts ``python -m benchmarks.worker`` for one engine; ``ask`` sends a command and waits for the answer."""
+
+    def __init__(self, engine_name: str, options: list[str], env: dict[str, str]):
+        self.engine_name = engine_name
+        python_path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **env, "PYTHONPATH": python_path}
+        self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.worker", engine_name, *options],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.started = self._answer()  # {"ready": true, "provider": ...} or {"error": ...}
+
+    def _answer(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.engine_name} worker exited (status {self.process.wait()}); "
+                               "its error is on standard error above")
+        return json.loads(line)
+
+    def ask(self, command: dict) -> dict:
+        self.process.stdin.write(json.dumps(command) + "\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> None:
+        """End of input ends the worker."""
+        self.process.stdin.close()
+        self.process.wait()
+        self.process.stdout.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""benchmarks/: a quick run on tiny data produces the JSON, the markdown and the plot (no timing is judged)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("matplotlib")
+
+from click.testing import CliRunner  # noqa: E402
+from conftest import REPO, write_checkpoint, write_glove  # noqa: E402
+
+if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import run  # noqa: E402
+from benchmarks.summary import check_targets, speed_figures  # noqa: E402
+from benchmarks.worker import Worker  # noqa: E402
+from cnm_export.export import export_checkpoint  # noqa: E402
+from cnm_runtime.synth import make_default_dataset  # noqa: E402
+from cnm_runtime.text import load_glove  # noqa: E402
+
+CPU_ENGINES = ("torch-eager", "ort-fp32", "ort-int8")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``--quick`` on a random-weight model and a 10-video synthetic archive, with one bad query added."""
+    folder = tmp_path_factory.mktemp("bench")
+    data = make_default_dataset(folder / "data", num_videos=10, queries_per_video=2, seed=0)
+    words = len(load_glove(data.glove)["counter"])
+    checkpoint = write_checkpoint(folder / "model.pt", vocab_size=words, glove_path=data.glove)
+    queries = folder / "queries.jsonl"
+    queries.write_text(data.queries.read_text() + json.dumps({"video": "missing", "query": "a person opens the door.",
+                                                              "duration": 10, "timestamps": [1, 2]}) + "\n")
+    out = folder / "results"
+    result = CliRunner().invoke(run.main, [
+        "--checkpoint", str(checkpoint), "--vocab", str(data.glove), "--features", str(data.archive),
+        "--queries", str(queries), "--quick", "--out-dir", str(out),
+    ])
+    assert result.exit_code == 0, result.output
+    return result.output, out
+
+
+def test_quick_run_writes_json_markdown_and_plot(tiny_run):
+    printed, out = tiny_run
+    (json_path,) = out.glob("*.json")
+    results = json.loads(json_path.read_text())
+    assert out.joinpath(json_path.stem + ".md").read_text() == printed
+    assert out.joinpath(json_path.stem + ".png").read_bytes().startswith(b"\x89PNG")
+
+    assert results["inputs"]["queries_used"] == 2 and results["inputs"]["queries_skipped"] == 1
+    assert results["inputs"]["synthetic_features"] is True
+    quick = run.Settings(**run.QUICK, threads=1)
+    for name in CPU_ENGINES:
+        engine = results["engines"][name]
+        assert engine["status"] == "ran"
+        assert set(engine["speed"]) == {"1", "4"}
+        for batch, figures in engine["speed"].items():
+            assert len(figures["queries_per_s"]["rounds"]) == quick.rounds
+            assert 0 < figures["queries_per_s"]["min"] <= figures["queries_per_s"]["median"]
+            assert figures["latency_ms"]["batches"] == quick.rounds * quick.batches(int(batch))
+            assert figures["gflops_per_s"] > 0
+        assert set(engine["accuracy"]) >= {"IoU@0.3", "IoU@0.5", "IoU@0.7", "mIoU", "max_abs_d_center"}
+    engines = results["engines"]
+    assert engines["torch-eager"]["accuracy"]["max_abs_d_center"] == 0
+    assert engines["ort-fp32"]["accuracy"]["max_abs_d_center"] < 1e-5
+    assert engines["torch-eager"]["flops_per_query"] > engines["ort-fp32"]["flops_per_query"] > 0  # pruned
+    if results["machine"]["gpu"] is None:
+        assert engines["ort-trt-fp16"]["status"] == "not run: no GPU" and "speed" not in engines["ort-trt-fp16"]
+    assert results["machine"]["sgemm_gflops"] > 0
+
+    e2e = results["end_to_end"]
+    assert e2e["batch_size"] == 4 and e2e["queries"] == 32 and e2e["errors"] == 0
+    assert e2e["peak_rss_mb"] > 0 and e2e["mIoU"] == pytest.approx(engines["ort-fp32"]["accuracy"]["mIoU"], abs=1e-6)
+    assert [target["met"] is not None for target in results["targets"]] == [True] * 5
+    assert "| ONNX Runtime int8 | 4 |" in printed and "not run: no GPU" in printed
+
+
+def test_without_inputs_the_error_says_how_to_make_the_demo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(run.main, ["--quick"])
+    assert result.exit_code == 2
+    assert "cnm-demo --out runs/demo" in result.output
+
+
+def test_summary_figures():
+    figures = speed_figures([10.0, 30.0, 20.0], [0.1] * 99 + [1.0], flops_per_query=2e9)
+    assert figures["queries_per_s"]["median"] == 20 and figures["queries_per_s"]["min"] == 10
+    assert figures["latency_ms"]["p50"] == pytest.approx(100) and figures["latency_ms"]["p99"] > 100
+    assert figures["gflops_per_s"] == pytest.approx(40)
+
+    def engine(qps, miou):
+        return {"speed": {"64": {"queries_per_s": {"median": qps}}}, "accuracy": {"IoU@0.5": miou, "mIoU": miou}}
+
+    engines = {"torch-eager": engine(100, 0.5), "ort-fp32": engine(200, 0.5), "ort-int8": engine(310, 0.48)}
+    met = [t["met"] for t in check_targets(engines, {"queries_per_s": {"median": 180}}, 64)]
+    assert met == [True, True, False, False, True]
+    assert check_targets({**engines, "ort-int8": {}}, None, 64)[1]["met"] is None
+
+
+def test_an_engine_that_cannot_start_answers_why(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CUDA engine starts")
+    glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(20)])
+    model = tmp_path / "model.onnx"
+    export_checkpoint(write_checkpoint(tmp_path / "model.pt", vocab_size=20, glove_path=glove), glove, model)
+    feed = tmp_path / "feed.npz"
+    np.savez(feed, frames=np.zeros((1, 200, 1024), np.float32), word_ids=np.zeros((1, 21), np.int64),
+             words_len=np.ones(1, np.int64))
+    options = ["--inputs", str(feed), "--model", str(model), "--threads", "1", "--max-batch", "1"]
+    worker = Worker("ort-cuda-fp16", options, {})
+    worker.close()
+    assert "did not start" in worker.started["error"] or "no CUDAExecutionProvider" in worker.started["error"]
+    worker = Worker("ort-fp32", options, {})
+    try:
+        assert worker.started == {"ready": True, "provider": "CPUExecutionProvider"}
+        assert len(worker.ask({"cmd": "measure", "batch_size": 1, "batches": 2})["latencies_s"]) == 2
+    finally:
+        worker.close()
