@@ -11,6 +11,7 @@ SHIPPED_CONFIGS = {
     "charades_i3d": "charades_i3d.json",
     "activitynet_clip": "activitynet_clip.json",
     "activitynet_c3d": "activitynet_c3d.json",
+    "charades_synth_small": "charades_synth_small.json",  # d=128, 2+2 layers, on a synthetic archive
 }
 
 

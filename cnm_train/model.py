@@ -179,14 +179,16 @@ class CNM(nn.Module):
         width = width.unsqueeze(-1).clamp(min=0.1)
         return torch.exp(-self.cfg.alpha * (grid - center.unsqueeze(-1)).pow(2) / width.pow(2))
 
-    def forward(self, frames_feat, words_feat, words_len, masked_words):
+    def forward(self, frames_feat, words_feat, words_len, masked_words, easy_negative: bool = True):
         """Training path: Gaussian, then masked-word logits from the positive, hard and easy negatives.
 
         ``masked_words`` bool ``[B, T]`` marks the word slots replaced by the mask vector. Logits are
-        ``[B, T-1, vocab]``: position t predicts slot t+1 (see ``cnm_train.losses``).
+        ``[B, T-1, vocab]``: position t predicts slot t+1 (see ``cnm_train.losses``). The reconstruction
+        loss never reads the easy negative, so its phase skips it (``easy_negative=False``).
         """
         frames, words, positions, words_pad = self._encode_inputs(frames_feat, words_feat, words_len)
-        center, width = self._gaussian_head(frames, words + positions, words_pad)
+        # Only h[:, -1] feeds the Gaussian, so pruning the last layer gives the same values and gradients.
+        center, width = self._gaussian_head(frames, words + positions, words_pad, last_only=True)
 
         num_clips = frames.shape[1]
         keep = torch.linspace(0, num_clips - 1, steps=num_clips // 4).long()  # downsampled for speed
@@ -205,7 +207,8 @@ class CNM(nn.Module):
         out = {"center": center, "width": width, "gauss_weight": gauss, "words_logit": reconstruct(gauss)}
         if self.cfg.use_negative:
             out["hard_neg_words_logit"] = reconstruct(None)
-            out["easy_neg_words_logit"] = reconstruct(1 - gauss)
+            if easy_negative:
+                out["easy_neg_words_logit"] = reconstruct(1 - gauss)
         return out
 
     def freeze_mask_generator(self) -> None:
