@@ -30,11 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from cnm_runtime.annotations import Annotation
-from cnm_runtime.text import Vocabulary, tokenize
+from cnm_runtime.text import Vocabulary, is_content_word, tokenize
 from cnm_runtime.writers import ArchiveWriter, write_annotations, write_queries
 
 GENERATOR = "cnm_runtime.synth"
-GENERATOR_VERSION = 1  # bump whenever the same inputs give different features
+GENERATOR_VERSION = 2  # bump whenever the same inputs give different features
 
 # The parts of a row, per dimension: the level's mean and spread, the standard deviations of the other
 # parts (each drawn standard normal), the signal's scale (signals have unit variance) and the key spacing.
@@ -48,14 +48,6 @@ KEY_SPACING_S = 2.5
 
 # Independent random streams under one seed.
 PROJECTION_STREAM, LEVEL_STREAM, VIDEO_STREAM, DEFAULT_DATASET_STREAM = range(4)
-
-# Function words carry nothing a video shows; the rest of a sentence's kept words are its content words.
-STOP_WORDS = frozenset(
-    """a an the and or but of in on at to into onto from with by for up down out off over under
-    then while as is are was were be been being it its he she they them their his her him this that
-    these those there here some another other who which what not also again back away around
-    through after before""".split()
-)
 
 
 class SentenceSignal:
@@ -77,7 +69,7 @@ class SentenceSignal:
         return [
             token
             for token in tokenize(sentence)
-            if token[0].isalpha() and token not in STOP_WORDS and token in self.vocab.index
+            if is_content_word(token) and token in self.vocab.index
         ]
 
     def __call__(self, sentence: str) -> np.ndarray | None:

@@ -23,6 +23,31 @@ def tokenize(sentence: str) -> list[str]:
     return [token.lower() for token in word_tokenize(sentence, preserve_line=True)]
 
 
+# Closed-class words (determiners, prepositions, pronouns, conjunctions, auxiliaries and modals):
+# they carry nothing a video shows. Training weighs them less when masking words (without nltk's
+# tagger) and synthetic archives leave them out of a sentence's signal.
+FUNCTION_WORDS = frozenset(
+    """
+    a an the this that these those some any each every either neither another no all both such
+    about above across after against along among around at before behind below beneath beside besides
+    between beyond by down during except for from in inside into like near of off on onto out outside
+    over past since through throughout till to toward towards under underneath until up upon via with
+    within without
+    i me my mine myself you your yours yourself yourselves he him his himself she her hers herself it its
+    itself we us our ours ourselves they them their theirs themselves who whom whose which what whatever
+    someone somebody something anyone anybody anything everyone everybody everything nobody nothing one
+    and or but nor so yet because although though while whereas if unless as than whether
+    am is are was were be been being do does did doing done have has had having
+    can could may might must shall should will would 's 're 'm 've 'd 'll n't
+    """.split()
+)
+
+
+def is_content_word(token: str) -> bool:
+    """A word that may name something visible: alphabetic and not a function word."""
+    return token.isalpha() and token not in FUNCTION_WORDS
+
+
 @dataclass(frozen=True)
 class EncodedQuery:
     """A sentence as the model sees it, plus what was lost on the way."""
