@@ -39,6 +39,11 @@ def causal_block(num_queries: int, num_keys: int, device: torch.device) -> torch
     return torch.arange(num_keys, device=device).unsqueeze(0) > rows
 
 
+def score_bias(blocked: torch.Tensor) -> torch.Tensor:
+    """Additive float32 attention bias: ``MASKED`` where ``blocked``, 0 elsewhere."""
+    return torch.zeros(blocked.shape, device=blocked.device).masked_fill(blocked, MASKED)
+
+
 class MultiheadAttention(nn.Module):
     """fairseq-style attention: packed ``in_proj_weight``, softmax in float32, optional Gaussian re-weighting."""
 
@@ -53,9 +58,10 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query, key, blocked=None, gauss_weight=None):
-        """query ``[B, Tq, D]``, key ``[B, Tk, D]``; ``blocked`` bool, broadcastable to ``[B, H, Tq, Tk]``;
-        ``gauss_weight`` ``[B, Tk]`` multiplies the attention, which is then renormalised."""
+    def forward(self, query, key, bias=None, gauss_weight=None):
+        """query ``[B, Tq, D]``, key ``[B, Tk, D]``; ``bias`` float32, broadcastable to ``[B, H, Tq, Tk]``,
+        is added to the scores (``MASKED`` at blocked keys: an Add runs faster than a masked fill and gives
+        the same softmax); ``gauss_weight`` ``[B, Tk]`` multiplies the attention, which is then renormalised."""
         (batch, num_q, d_model), num_k = query.shape, key.shape[1]
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
@@ -65,8 +71,8 @@ class MultiheadAttention(nn.Module):
         k = k.view(batch, num_k, self.num_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, num_k, self.num_heads, self.head_dim).transpose(1, 2)
         scores = (q @ k.transpose(-1, -2)).float()
-        if blocked is not None:
-            scores = scores.masked_fill(blocked, MASKED)
+        if bias is not None:
+            scores = scores + bias
         weights = scores.softmax(dim=-1).type_as(q)
         if gauss_weight is not None:
             weights = weights * (gauss_weight[:, None, None, :] + 1e-10)
@@ -100,10 +106,10 @@ class TransformerDecoderLayer(nn.Module):
         blocked = causal_block(query.shape[1], x.shape[1], x.device)[None, None]
         if x_pad is not None:
             blocked = blocked | x_pad[:, None, None, :]
-        h = self._residual(query, self.self_attn(query, x, blocked, self_gauss), self.self_attn_layer_norm)
+        h = self._residual(query, self.self_attn(query, x, score_bias(blocked), self_gauss), self.self_attn_layer_norm)
         if memory is not None:
-            cross_blocked = None if memory_pad is None else memory_pad[:, None, None, :]
-            h = self._residual(h, self.encoder_attn(h, memory, cross_blocked, cross_gauss), self.encoder_attn_layer_norm)
+            cross_bias = None if memory_pad is None else score_bias(memory_pad[:, None, None, :])
+            h = self._residual(h, self.encoder_attn(h, memory, cross_bias, cross_gauss), self.encoder_attn_layer_norm)
         return self._residual(h, self.fc2(F.relu(self.fc1(h))), self.final_layer_norm)
 
 
