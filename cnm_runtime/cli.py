@@ -65,7 +65,7 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="ONNX Runtime threads on the CPU (0: one per core).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Processes reading the archive (default: one per spare core, at most 8; 0: read here).")
+              help="Processes reading the archive (default: one per core beyond two, at most 8; 0: read here).")
 @click.option("--keep-videos", type=click.IntRange(min=1), default=64, show_default=True,
               help="Recent videos kept in memory, so nearby queries of one video share a read.")
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
