@@ -237,6 +237,8 @@ TEMPLATES = (
 WORD_DIM = 300
 DEFAULT_DURATION_S = (20.0, 40.0)
 DEFAULT_MOMENT_FRACTION = (0.15, 0.4)
+DEFAULT_NUM_VIDEOS = 400  # what cnm-demo and a bare cnm-train use: enough to learn in about two minutes
+DEFAULT_QUERIES_PER_VIDEO = 3
 
 
 @dataclass(frozen=True)
@@ -283,8 +285,8 @@ def default_glove(sentences: Sequence[str], rng: np.random.Generator) -> dict[st
 
 def make_default_dataset(
     out_dir: str | Path,
-    num_videos: int = 200,
-    queries_per_video: int = 2,
+    num_videos: int = DEFAULT_NUM_VIDEOS,
+    queries_per_video: int = DEFAULT_QUERIES_PER_VIDEO,
     seed: int = 0,
     frame_dim: int = 1024,
     rows_per_second: float = 3.0,

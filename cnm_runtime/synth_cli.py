@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from cnm_runtime.convert import read_annotation_files
-from cnm_runtime.synth import SynthInfo, make_default_dataset, synthesize_archive
+from cnm_runtime.synth import (DEFAULT_NUM_VIDEOS, DEFAULT_QUERIES_PER_VIDEO, SynthInfo, make_default_dataset,
+                               synthesize_archive)
 from cnm_runtime.text import load_glove
 
 
@@ -43,8 +44,8 @@ def _log_info(info: SynthInfo, seconds: float) -> None:
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--vocab-cap", type=click.IntRange(min=1),
               help="Only the N most common words of the glove counter make signals (the model's vocab_size).")
-@click.option("--num-videos", default=200, show_default=True, type=click.IntRange(min=3), help="With --default.")
-@click.option("--queries-per-video", default=2, show_default=True, type=click.IntRange(min=1), help="With --default.")
+@click.option("--num-videos", default=DEFAULT_NUM_VIDEOS, show_default=True, type=click.IntRange(min=3), help="With --default.")
+@click.option("--queries-per-video", default=DEFAULT_QUERIES_PER_VIDEO, show_default=True, type=click.IntRange(min=1), help="With --default.")
 def main(annotation_files, glove, default, out, frame_dim, rows_per_second, seed, vocab_cap, num_videos,
          queries_per_video) -> None:
     """Write an HDF5 archive of synthetic I3D-like features whose annotated moments carry their sentences."""

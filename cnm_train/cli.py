@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-SHIPPED_NAMES = "charades_i3d, activitynet_clip, activitynet_c3d, charades_synth_small"
+SHIPPED_NAMES = "charades_i3d, activitynet_clip, activitynet_c3d, charades_synth_small, default"
+DEFAULT_CONFIG = "default"
 
 
 def apply_override(config: dict[str, Any], assignment: str) -> None:
@@ -42,6 +43,17 @@ def checkpoint_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def ensure_default_data(config: dict[str, Any]) -> None:
+    """Make the embedded synthetic dataset where the default config expects it, so that a bare
+    ``cnm-train`` works on a fresh machine with nothing downloaded."""
+    from cnm_runtime.synth import make_default_dataset
+
+    data_dir = Path(config["dataset"]["feature_path"]).parent
+    if not Path(config["dataset"]["feature_path"]).exists():
+        logging.getLogger(__name__).info("no data yet: making the embedded synthetic dataset in %s", data_dir)
+        make_default_dataset(data_dir, frame_dim=int(config["dataset"]["frame_dim"]))
+
+
 def setup_logging(log_dir: Path | None, tag: str) -> None:
     """INFO to stderr, and to ``LOG_DIR/TAG_<time>.log`` as the original names its log files."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
@@ -52,7 +64,8 @@ def setup_logging(log_dir: Path | None, tag: str) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config-path", help=f"Config JSON (the original layout), or a shipped name: {SHIPPED_NAMES}. "
+@click.option("--config-path", help=f"Config JSON (the original layout), or a shipped name: {SHIPPED_NAMES} "
+              "[default: default, the embedded synthetic dataset, made in data/default on first use]. "
               "Optional with --resume, which then uses the checkpoint's config.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Checkpoint to continue from (num_updates, schedule; optimizers too for ours).")
@@ -76,7 +89,7 @@ def main(config_path: str | None, resume: Path | None, eval_only: bool, log_dir:
 
     setup_logging(log_dir, tag)
     if config_path is None and resume is None:
-        raise click.UsageError("give --config-path, or --resume to use the checkpoint's config")
+        config_path = DEFAULT_CONFIG
     if eval_only and resume is None:
         raise click.UsageError("--eval needs --resume CHECKPOINT")
     try:
@@ -87,6 +100,8 @@ def main(config_path: str | None, resume: Path | None, eval_only: bool, log_dir:
         apply_override(config, assignment)
     if epochs is not None:
         config["train"]["max_num_epochs"] = epochs
+    if config_path == DEFAULT_CONFIG:
+        ensure_default_data(config)
     logging.getLogger(__name__).info("config: %s", json.dumps(config))
     options = RunOptions(tag=tag, seed=seed, device=device, num_workers=num_workers, threads=threads)
 

@@ -12,6 +12,7 @@ SHIPPED_CONFIGS = {
     "activitynet_clip": "activitynet_clip.json",
     "activitynet_c3d": "activitynet_c3d.json",
     "charades_synth_small": "charades_synth_small.json",  # d=128, 2+2 layers, on a synthetic archive
+    "default": "default.json",  # the embedded synthetic dataset in data/default, made on first use
 }
 
 

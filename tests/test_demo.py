@@ -1,0 +1,26 @@
+"""cnm-demo end to end at tiny sizes: every file is left behind and ONNX Runtime agrees with PyTorch."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from cnm_export.demo import run_demo  # noqa: E402
+
+
+def test_tiny_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, seed=1, epochs=1, num_videos=12, hidden_size=16)
+    for name in ("model-best.pt", "model-best.onnx", "predictions.jsonl", "metrics-onnx.json", "metrics.json",
+                 "report.md", "demo.json", "data/features.hdf5", "data/queries.jsonl", "data/glove.pkl"):
+        assert (out / name).is_file(), name
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    queries = (out / "data" / "queries.jsonl").read_text().splitlines()
+    assert len(predictions) == len(queries) == summary["pytorch"]["test_queries"]
+    assert summary["onnx"]["errors"] == 0
+    for metric in ("IoU@0.1", "IoU@0.3", "IoU@0.5", "IoU@0.7", "IoU@0.9", "mIoU"):
+        assert summary["onnx"][metric] == pytest.approx(summary["pytorch"]["test"][metric], abs=1e-6), metric
+    report = (out / "report.md").read_text()
+    assert "prior" in report and "PyTorch" in report and "ONNX Runtime" in report
