@@ -7,6 +7,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Prepended to code run with `python -c`: any import of torch fails in that process.
+BLOCK_TORCH = """
+import sys
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Blocker())
+"""
 SHARED = REPO.parent / "shared"
 GOLDEN = SHARED / "golden" / "charades_small"
 CHARADES = SHARED / "data" / "charades"

@@ -12,19 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
-from test_run import WORDS, export_tiny_model, good_records, ground_all, write_archive, write_lines
+from conftest import BLOCK_TORCH, REPO
+from test_run import WORDS, archive, good_records, ground_all, tiny_model, write_lines  # noqa: F401 (fixtures)
 from cnm_runtime.grounder import Grounder
 
 # cnm-run in a process where any import of torch fails
-CNM_RUN_WITHOUT_TORCH = textwrap.dedent(
+CNM_RUN_WITHOUT_TORCH = BLOCK_TORCH + textwrap.dedent(
     """
-    import sys
-    class Blocker:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-    sys.meta_path.insert(0, Blocker())
     from cnm_runtime.cli import main
     main(prog_name="cnm-run")
     """
@@ -43,16 +37,6 @@ def finished(process: subprocess.Popen) -> tuple[int, str, str]:
 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return export_tiny_model(tmp_path_factory.mktemp("model"))
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    return write_archive(tmp_path_factory.mktemp("archive") / "features.hdf5")
 
 
 def test_golden_reproduced_without_torch(golden_dir, tmp_path):
