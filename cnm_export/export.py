@@ -46,16 +46,29 @@ def _cnm_version() -> str:
         return "unknown"
 
 
-def resolve_vocab(config: dict, vocab: str | Path | None) -> Path:
-    """``vocab`` if given, else the config's ``dataset.vocab_path`` when that file exists here."""
+def training_directory(config: dict, checkpoint: Path) -> Path | None:
+    """Where training ran: the checkpoint's folder is ``train.model_saved_path`` (tag included) below it."""
+    saved = Path(config["train"].get("model_saved_path", ""))
+    folder = checkpoint.resolve().parent
+    if saved.is_absolute() or not saved.parts or folder.parts[-len(saved.parts):] != saved.parts:
+        return None
+    return Path(*folder.parts[: -len(saved.parts)])
+
+
+def resolve_vocab(config: dict, vocab: str | Path | None, checkpoint: Path) -> Path:
+    """``vocab`` if given, else the config's ``dataset.vocab_path``, relative to the current directory or,
+    as paths in a config are, to the directory training ran in (so ``cnm-export model-best.pt`` works
+    from the checkpoint's own folder)."""
     if vocab is not None:
         return Path(vocab)
     default = config["dataset"].get("vocab_path")
-    if default and Path(default).is_file():
-        return Path(default)
+    trained_in = training_directory(config, checkpoint)
+    for base in (Path.cwd(), trained_in):
+        if default and base is not None and (base / default).is_file():
+            return base / default
     raise FileNotFoundError(
-        f"no vocabulary given and the checkpoint's dataset.vocab_path {default!r} does not exist here; "
-        "pass the glove.pkl the model was trained with"
+        f"no vocabulary given and the checkpoint's dataset.vocab_path {default!r} exists neither here nor "
+        "where training ran; pass --vocab, the glove.pkl the model was trained with"
     )
 
 
@@ -64,7 +77,7 @@ def load_source(checkpoint: str | Path, vocab: str | Path | None = None) -> Expo
     ckpt = load_checkpoint(checkpoint)
     dataset = ckpt.config["dataset"]
     model = ckpt.build_model()
-    vocab = resolve_vocab(ckpt.config, vocab)
+    vocab = resolve_vocab(ckpt.config, vocab, Path(checkpoint))
     glove = load_glove(vocab)
     vocabulary = Vocabulary.from_glove(glove, dataset["vocab_size"])
     if vocabulary.size != model.cfg.vocab_size:

@@ -320,3 +320,26 @@ def test_command_names_the_missing_vocabulary(tmp_path):
     glove.unlink()
     result = CliRunner().invoke(cli.main, [str(checkpoint)])
     assert result.exit_code != 0 and "vocab_path" in result.output and str(glove) in result.output
+
+
+def test_vocabulary_found_from_the_checkpoint_folder(tmp_path, monkeypatch):
+    """`cnm-export model-best.pt` run where training saved it: config paths are relative to where training ran."""
+    import torch
+
+    trained_in, folder = tmp_path / "project", tmp_path / "project" / "checkpoints" / "run" / "base"
+    (trained_in / "data").mkdir(parents=True)
+    folder.mkdir(parents=True)
+    write_glove(trained_in / "data" / "glove.pkl", [f"w{i}" for i in range(40)])
+    checkpoint = write_checkpoint(folder / "model-best.pt", vocab_size=40)
+    raw = torch.load(checkpoint, weights_only=True)
+    raw["config"]["dataset"]["vocab_path"] = "data/glove.pkl"
+    raw["config"]["train"]["model_saved_path"] = "checkpoints/run/base"
+    torch.save(raw, checkpoint)
+    monkeypatch.chdir(folder)
+    result = CliRunner().invoke(cli.main, ["model-best.pt"])
+    assert result.exit_code == 0, result.output
+    assert (folder / "model-best.onnx").is_file()
+    raw["config"]["train"]["model_saved_path"] = "elsewhere/base"  # training dir unknown: a clear error
+    torch.save(raw, checkpoint)
+    result = CliRunner().invoke(cli.main, ["model-best.pt", "-o", "x.onnx"])
+    assert result.exit_code != 0 and "data/glove.pkl" in result.output
