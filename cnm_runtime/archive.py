@@ -46,27 +46,39 @@ class FeatureArchive:
     def attrs(self) -> dict:
         return dict(self._file.attrs)
 
-    def _dataset(self, video: str) -> h5py.Dataset:
-        if video not in self._file:
+    def _lookup(self, video: str) -> tuple[h5py.Dataset, h5py.HLObject]:
+        """``(features dataset, the video's own node)``, with as few h5py look-ups as possible (each costs)."""
+        node = self._file.get(video)
+        if node is None:
             raise InputError("unknown_video", f"video {video!r} is not in archive {self.path.name}")
-        node = self._file[video]
         if isinstance(node, h5py.Group):
-            if C3D_DATASET not in node:
+            dataset = node.get(C3D_DATASET)
+            if dataset is None:
                 raise InputError(
                     "unknown_video", f"video {video!r}: group in {self.path.name} has no {C3D_DATASET!r} dataset"
                 )
-            node = node[C3D_DATASET]
-        return node
+            return dataset, node
+        return node, node
 
     def read(self, video: str) -> np.ndarray:
         """The raw ``[L, D]`` features of ``video`` (as stored; validate before use)."""
-        return np.asarray(self._dataset(video))
+        return self._lookup(video)[0][()]
 
     def duration(self, video: str) -> float | None:
         """The ``duration`` attribute (seconds) of the video's dataset or group, if any."""
         if video not in self._file:
             return None
-        for node in (self._file[video], self._dataset(video)):
-            if "duration" in node.attrs:
-                return float(node.attrs["duration"])
-        return None
+        return _duration_of(*self._lookup(video))
+
+    def load(self, video: str) -> tuple[np.ndarray, float | None]:
+        """``read`` and ``duration`` with one look-up: what batch readers call per video."""
+        dataset, node = self._lookup(video)
+        return dataset[()], _duration_of(dataset, node)
+
+
+def _duration_of(dataset: h5py.Dataset, node: h5py.HLObject) -> float | None:
+    """The ``duration`` attribute of the video's node (group or dataset), else of its features dataset."""
+    value = node.attrs.get("duration")
+    if value is None and node is not dataset:
+        value = dataset.attrs.get("duration")
+    return None if value is None else float(value)

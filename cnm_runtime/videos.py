@@ -39,8 +39,7 @@ class VideoError:
 def load_clips(archive: FeatureArchive, video: str, frame_dim: int, num_clips: int) -> Clips:
     """Validated, resampled features of ``video``; InputError names the video otherwise."""
     try:
-        raw = archive.read(video)
-        duration = archive.duration(video)
+        raw, duration = archive.load(video)
     except InputError:
         raise
     except Exception as error:  # a damaged dataset must not end the run

@@ -229,8 +229,8 @@ def test_prediction_record_layout(tiny_model, archive):
 
 def test_each_video_is_read_once(tiny_model, archive, monkeypatch):
     reads = []
-    original = FeatureArchive.read
-    monkeypatch.setattr(FeatureArchive, "read", lambda self, video: reads.append(video) or original(self, video))
+    original = FeatureArchive.load
+    monkeypatch.setattr(FeatureArchive, "load", lambda self, video: reads.append(video) or original(self, video))
     # interleaved videos within the kept window, and one video with more queries than a batch
     records = [{"video": f"v{i % 3}", "query": "person opens the door"} for i in range(12)]
     records += [{"video": "v5", "query": "person sits"} for _ in range(9)]
