@@ -42,7 +42,7 @@ from benchmarks.plot import plot_throughput
 from benchmarks.report import markdown
 from benchmarks.summary import accuracy_figures, check_targets, ratio, speed_figures, spread
 from benchmarks.worker import Worker
-from cnm_export.cli import unpruned_flops
+from cnm_export.export import unpruned_flops
 from cnm_export.export import DEFAULT_OPSET, export_model, load_source
 from cnm_export.flops import graph_flops
 from cnm_runtime.model_spec import ModelSpec

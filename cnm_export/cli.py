@@ -3,23 +3,13 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
 import click
 
-from cnm_export.export import DEFAULT_OPSET, PRECISIONS, ExportSource, export_model, load_source, trace_to_onnx
+from cnm_export.export import DEFAULT_OPSET, PRECISIONS, export_model, load_source, unpruned_flops
 from cnm_export.flops import graph_flops
-from cnm_export.graph import GeneratorGraph
 from cnm_export.verify import verify_export
-
-
-def unpruned_flops(source: ExportSource, opset: int) -> float:
-    """FLOPs per query of the plain trace (every position of every layer), for comparison."""
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "unpruned.onnx"
-        trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, last_only=False), source.spec, path, opset)
-        return graph_flops(path)
 
 
 @click.command()

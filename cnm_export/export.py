@@ -20,6 +20,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from cnm_export.flops import graph_flops
 from cnm_export.graph import GeneratorGraph
 from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
 from cnm_runtime.text import Vocabulary, load_glove
@@ -191,3 +192,11 @@ def export_checkpoint(checkpoint: str | Path, vocab: str | Path | None, out: str
     ``vocab`` is the glove.pkl of training (``None``: the checkpoint config's ``vocab_path``).
     """
     return export_model(load_source(checkpoint, vocab), out, precision, opset, last_only)
+
+
+def unpruned_flops(source: ExportSource, opset: int) -> float:
+    """FLOPs per query of the plain trace (every position of every layer), for comparison."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "unpruned.onnx"
+        trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, last_only=False), source.spec, path, opset)
+        return graph_flops(path)
