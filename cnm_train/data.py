@@ -1,7 +1,7 @@
 """Annotations + feature archive -> batches laid out as the original collate builds them.
 
 A sample is one query: its annotation, its kept words (``cnm_runtime.text.Vocabulary.encode``) and the
-probabilities of masking each word. A batch holds the clips ``[B, 200, D]`` (``resample_clips``), the
+probabilities of masking each word. A batch holds the clips ``[B, 200, D]`` (``cnm_runtime.videos.load_clips``, as cnm-run reads them), the
 word vectors ``[B, T, 300]`` with T = longest query + 1 (slot 0 is the start slot), ``words_len``, the
 reconstruction targets ``words_id`` ``[B, T-1]`` (the ids of slots 1..T-1) and the masking probabilities.
 
@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader, Dataset
 from cnm_runtime.annotations import Annotation, load_annotations
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.errors import InputError
-from cnm_runtime.features import resample_clips, validate_features
 from cnm_runtime.text import EncodedQuery, Vocabulary, pad_word_ids
+from cnm_runtime.videos import load_clips
 from cnm_train.masking import mask_probabilities, word_weights
 
 log = logging.getLogger(__name__)
@@ -172,11 +172,11 @@ class GroundingDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, np.ndarray] | None:
         video = self.samples[index].annotation.video
         try:
-            raw = validate_features(self.archive().read(video), self.frame_dim, video)
+            clips = load_clips(self.archive(), video, self.frame_dim, self.num_clips)
         except InputError as error:
             log.warning("skipping a query of video %r: %s", video, error.message)
             return None
-        return index, resample_clips(raw, self.num_clips)
+        return index, clips.frames
 
     def collate(self, items: Sequence[tuple[int, np.ndarray] | None]) -> Batch | None:
         """Stack the clips and pad the words as the original collate does; None when nothing is left."""
