@@ -3,7 +3,8 @@
 A sample is one query: its annotation, its kept words (``cnm_runtime.text.Vocabulary.encode``) and the
 probabilities of masking each word. A batch holds the clips ``[B, 200, D]`` (read as cnm-run reads them,
 ``cnm_runtime.videos.load_clips``), the word vectors ``[B, T, 300]`` with T = longest query + 1 (slot 0 is
-the start slot), ``words_len``, the reconstruction targets ``words_id`` ``[B, T-1]`` (the ids of slots 1..T-1) and the masking probabilities.
+the start slot), ``words_len``, the reconstruction targets ``words_id`` ``[B, T-1]`` (the ids of slots
+1..T-1) and the masking probabilities.
 
 Each process opens its own handle on the archive on first read, so data-loader workers never share one.
 """
