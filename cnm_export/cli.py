@@ -22,7 +22,8 @@ from cnm_export.verify import verify_export
               help="fp16: fp16 math, float32 inputs/outputs (GPU providers); int8: dynamic quantization (CPU)")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--prune/--no-prune", default=True, show_default=True,
-              help="compute only the position the head reads in the last frame-decoder layer")
+              help="skip work whose result is never read: all but the last position in the last frame-decoder layer, "
+                   "and the blocked keys of the clips' causal self-attention")
 @click.option("--verify", is_flag=True, help="compare with PyTorch in ONNX Runtime; exit 1 when fp32 is off by >1e-5")
 @click.option("--golden", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="labelled set to verify on too (queries.jsonl, features.hdf5, optional expected.npz); "

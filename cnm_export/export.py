@@ -107,6 +107,7 @@ def trace_to_onnx(graph: GeneratorGraph, spec: ModelSpec, out: Path, opset: int)
     batch_dim = {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own deprecation notes
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes fixed by the spec: expected
         torch.onnx.export(
             graph, example, str(out), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
             dynamic_axes={name: batch_dim for name in INPUT_NAMES + OUTPUT_NAMES}, opset_version=opset,

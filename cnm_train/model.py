@@ -62,7 +62,11 @@ class MultiheadAttention(nn.Module):
         """query ``[B, Tq, D]``, key ``[B, Tk, D]``; ``bias`` float32, broadcastable to ``[B, H, Tq, Tk]``,
         is added to the scores (``MASKED`` at blocked keys: an Add runs faster than a masked fill and gives
         the same softmax); ``gauss_weight`` ``[B, Tk]`` multiplies the attention, which is then renormalised."""
-        (batch, num_q, d_model), num_k = query.shape, key.shape[1]
+        return self.merge(self.attend(*self.project(query, key), bias, gauss_weight))
+
+    def project(self, query, key):
+        """Per-head ``[B, H, T, head_dim]`` queries (already scaled), keys and values."""
+        (batch, num_q, _), num_k = query.shape, key.shape[1]
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         q = F.linear(query, w_q, b_q) * self.head_dim**-0.5
@@ -70,6 +74,11 @@ class MultiheadAttention(nn.Module):
         q = q.view(batch, num_q, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, num_k, self.num_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, num_k, self.num_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    @staticmethod
+    def attend(q, k, v, bias=None, gauss_weight=None):
+        """``[B, H, Tq, head_dim]``: the attention-weighted values of each head."""
         scores = (q @ k.transpose(-1, -2)).float()
         if bias is not None:
             scores = scores + bias
@@ -77,8 +86,12 @@ class MultiheadAttention(nn.Module):
         if gauss_weight is not None:
             weights = weights * (gauss_weight[:, None, None, :] + 1e-10)
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        out = (weights @ v).transpose(1, 2).reshape(batch, num_q, d_model)
-        return self.out_proj(out)
+        return weights @ v
+
+    def merge(self, heads):
+        """``[B, H, T, head_dim]`` -> ``[B, T, D]`` through the output projection."""
+        batch, _, num_q, _ = heads.shape
+        return self.out_proj(heads.transpose(1, 2).reshape(batch, num_q, self.num_heads * self.head_dim))
 
 
 class TransformerDecoderLayer(nn.Module):

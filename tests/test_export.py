@@ -206,18 +206,23 @@ def test_every_original_config_exports_and_verifies(tmp_path, config, vocab_size
     assert [case.queries for case in report.cases] == [1, 7, 64]
 
 
-def _analytic_flops(d, layers, frame_dim, last_only, frames=200, slots=21, word_dim=300):
-    """Matrix-product FLOPs of the generator counted by hand (2 per multiply-add)."""
-    def attention(queries, keys):  # projections of q, k, v, out; scores; weighted sum
-        return 2 * (2 * queries * d * d + 2 * keys * d * d + 2 * queries * keys * d)
+def _analytic_flops(d, layers, frame_dim, last_only, frames=200, slots=21, word_dim=300, chunks=4):
+    """Matrix-product FLOPs of the generator counted by hand (2 per multiply-add). Pruned, the last frame
+    layer computes one position and the clips' causal self-attention runs in ``chunks`` slices of rows,
+    each against the keys up to its end."""
+    def attention(queries, keys, products=None):  # projections of q, k, v, out; scores; weighted sum
+        products = 2 * queries * keys * d if products is None else products
+        return 2 * (2 * queries * d * d + 2 * keys * d * d + products)
 
-    def layer(queries, keys, memory=None):
+    def layer(queries, keys, memory=None, products=None):
         cross = attention(queries, memory) if memory else 0
-        return attention(queries, keys) + cross + 2 * 2 * queries * d * 2 * d
+        return attention(queries, keys, products) + cross + 2 * 2 * queries * d * 2 * d
 
     frame_layers = [layer(frames, frames, slots)] * layers
     if last_only:
-        frame_layers[-1] = layer(1, frames, slots)
+        rows = frames // chunks
+        chunked = sum(2 * rows * (i + 1) * rows * d for i in range(chunks))
+        frame_layers = [layer(frames, frames, slots, chunked)] * (layers - 1) + [layer(1, frames, slots)]
     inputs = 2 * frames * frame_dim * d + 2 * slots * word_dim * d
     return inputs + layers * layer(slots, slots) + sum(frame_layers) + 2 * d * 2
 
