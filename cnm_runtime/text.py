@@ -7,20 +7,59 @@ the GloVe counter, numbered 1..N in that order (0 is padding). At most ``max_num
 from __future__ import annotations
 
 import pickle
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from nltk.tokenize import word_tokenize
+from nltk.tokenize.destructive import NLTKWordTokenizer
 
 from cnm_runtime.errors import InputError
 
 
+_RE_FLAGS = re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE | re.UNICODE | re.ASCII
+
+
+def _stdlib(pattern: Any) -> re.Pattern:
+    """``pattern`` (an ``re`` pattern, or nltk's ReDoS wrapper around a ``regex`` one) compiled by ``re``."""
+    compiled = getattr(pattern, "_rx", pattern)
+    return re.compile(compiled.pattern, compiled.flags & _RE_FLAGS)
+
+
+def _word_tokenizer() -> Callable[[str], list[str]]:
+    """``word_tokenize(text, preserve_line=True)``: nltk's tokenizer with its own patterns, run by ``re``.
+
+    Since 3.10 nltk runs every pattern through the ``regex`` engine under a timeout (a guard against
+    hostile patterns; these are nltk's fixed ones), which doubles the cost of tokenizing a query. The
+    tokens are the same (tests compare them on every Charades-STA and ActivityNet sentence); where
+    nltk's tokenizer is laid out differently, nltk's own function is used.
+    """
+    try:
+        base = NLTKWordTokenizer
+        tokenizer = type("StdlibReWordTokenizer", (base,), {
+            "STARTING_QUOTES": [(_stdlib(p), r) for p, r in base.STARTING_QUOTES],
+            "PUNCTUATION": [(_stdlib(p), r) for p, r in base.PUNCTUATION],
+            "PARENS_BRACKETS": (_stdlib(base.PARENS_BRACKETS[0]), base.PARENS_BRACKETS[1]),
+            "DOUBLE_DASHES": (_stdlib(base.DOUBLE_DASHES[0]), base.DOUBLE_DASHES[1]),
+            "ENDING_QUOTES": [(_stdlib(p), r) for p, r in base.ENDING_QUOTES],
+            "CONTRACTIONS2": [_stdlib(p) for p in base.CONTRACTIONS2],
+            "CONTRACTIONS3": [_stdlib(p) for p in base.CONTRACTIONS3],
+        })()
+    except (AttributeError, TypeError, ValueError, re.error):
+        return lambda text: word_tokenize(text, preserve_line=True)
+    return tokenizer.tokenize
+
+
+_word_tokens = _word_tokenizer()
+
+
 def tokenize(sentence: str) -> list[str]:
-    """nltk word tokens, lower-cased one by one (as the original lower-cases after tagging)."""
-    return [token.lower() for token in word_tokenize(sentence, preserve_line=True)]
+    """nltk word tokens (``preserve_line=True``), lower-cased one by one (as the original lower-cases
+    after tagging)."""
+    return [token.lower() for token in _word_tokens(sentence)]
 
 
 # Closed-class words (determiners, prepositions, pronouns, conjunctions, auxiliaries and modals):

@@ -8,7 +8,9 @@ import pytest
 
 from cnm_runtime import InputError, Vocabulary, resample_clips, validate_features
 from cnm_runtime.archive import FeatureArchive
-from cnm_runtime.text import load_glove, pad_word_ids
+from nltk.tokenize import word_tokenize
+
+from cnm_runtime.text import load_glove, pad_word_ids, tokenize
 
 
 @pytest.fixture
@@ -60,6 +62,32 @@ def test_long_activitynet_sentences_truncate_to_20(activitynet_dir, charades_dir
     assert all(len(e.word_ids) == 20 for e in truncated)
     full = vocab.encode(long[encodings.index(truncated[0])], 1000)
     assert full.word_ids[:20] == truncated[0].word_ids
+
+
+TRICKY_SENTENCES = [
+    'He said, "it\'s done" -- then left.', "``quoted'' and 'single' quotes", "(brackets) [and] {braces} <angles>",
+    "can't won't gonna gimme wanna lemme d'ye 'tis 'twas", "A person... opens it?! No; yes: maybe.",
+    "prices: $3.88, 3,36 euros & 50% off", "«guillemets» “curly” ‘quotes’ „low”", "end.'\"", "  spaced   out  ",
+    "E-mail me at a@b.com / http://x.org", "Mr. Smith's dog; the dogs' bowls", "",
+]
+
+
+def _nltk_mismatches(sentences):
+    return [s for s in sentences if tokenize(s) != [t.lower() for t in word_tokenize(s, preserve_line=True)]]
+
+
+def test_tokens_are_nltks_on_tricky_sentences():
+    """The tokenizer runs nltk's patterns with the standard re engine: the same tokens as nltk."""
+    assert not _nltk_mismatches(TRICKY_SENTENCES)
+
+
+def test_tokens_are_nltks_on_every_shared_sentence(charades_dir, activitynet_dir):
+    sentences = []
+    for path in (charades_dir / "train.json", charades_dir / "test.json",
+                 activitynet_dir / "val_data.json", activitynet_dir / "test_data.json"):
+        sentences += [entry[3] for entry in json.loads(path.read_text())]
+    mismatches = _nltk_mismatches(sentences)
+    assert len(sentences) > 40_000 and not mismatches, mismatches[:5]
 
 
 def test_vocabulary_ties_keep_counter_order():
