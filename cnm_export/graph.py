@@ -18,7 +18,9 @@ class ChunkedCausalAttention(nn.Module):
 
     The same values as one full product: a blocked key gets weight exactly 0 either way. With 4 chunks
     the scores, softmax and weighted sum cover 62.5% of the full square, and over 200 clips that square
-    is most of the generator's work. The model itself keeps the plain form of the original.
+    is most of the generator's work. The model itself keeps the plain form of the original. It wraps the
+    frame decoder's self-attention, whose only mask is the causal one (clips have no padding); any other
+    call (a per-query bias, Gaussian weights, the pruned layer's single row) goes to the plain attention.
     """
 
     def __init__(self, attention: MultiheadAttention, chunks: int = CAUSAL_CHUNKS):
@@ -28,9 +30,9 @@ class ChunkedCausalAttention(nn.Module):
 
     def forward(self, query, key, bias=None, gauss_weight=None):
         num_q, num_k = int(query.shape[1]), int(key.shape[1])
-        causal_only = bias is not None and bias.shape[0] == 1 and gauss_weight is None  # no padded keys
+        causal_only = bias is not None and bias.shape[0] == 1 and gauss_weight is None  # one mask for all queries
         if not causal_only or num_q != num_k or num_q < 2 * self.chunks:
-            return self.attention(query, key, bias, gauss_weight)  # e.g. the pruned last layer: one row
+            return self.attention(query, key, bias, gauss_weight)
         q, k, v = self.attention.project(query, key)
         edges = [round(i * num_q / self.chunks) for i in range(self.chunks + 1)]
         heads = [
