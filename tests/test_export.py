@@ -18,10 +18,12 @@ from onnx import helper, numpy_helper  # noqa: E402
 from cnm_export import cli  # noqa: E402
 from cnm_export.export import export_checkpoint, export_model, load_source, nonfinite_constants  # noqa: E402
 from cnm_export.flops import graph_flops  # noqa: E402
+from cnm_export.graph import ChunkedCausalAttention  # noqa: E402
 from cnm_export.verify import TOLERANCE, load_labelled_set, random_feed, verify_export  # noqa: E402
 from cnm_runtime.model_spec import ModelSpec  # noqa: E402
 from cnm_runtime.text import Vocabulary, load_glove  # noqa: E402
 from cnm_train.checkpoint import file_sha256, load_checkpoint  # noqa: E402
+from cnm_train.model import MultiheadAttention, causal_block, score_bias  # noqa: E402
 
 
 def session(path):
@@ -225,6 +227,18 @@ def _analytic_flops(d, layers, frame_dim, last_only, frames=200, slots=21, word_
         frame_layers = [layer(frames, frames, slots, chunked)] * (layers - 1) + [layer(1, frames, slots)]
     inputs = 2 * frames * frame_dim * d + 2 * slots * word_dim * d
     return inputs + layers * layer(slots, slots) + sum(frame_layers) + 2 * d * 2
+
+
+@pytest.mark.parametrize("num_clips, chunks", [(200, 4), (37, 3), (8, 4)])
+def test_chunked_causal_attention_equals_the_full_product(num_clips, chunks):
+    torch.manual_seed(0)
+    attention = MultiheadAttention(16, 4).eval()
+    clips = torch.randn(3, num_clips, 16)
+    causal = score_bias(causal_block(num_clips, num_clips, clips.device))[None, None]
+    with torch.no_grad():
+        expected = attention(clips, clips, causal)
+        got = ChunkedCausalAttention(attention, chunks)(clips, clips, causal)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
 def test_pruned_graph_matches_the_full_one_with_fewer_flops(tmp_path):
