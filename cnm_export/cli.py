@@ -36,7 +36,7 @@ def main(checkpoint: Path, vocab: Path | None, output: Path | None, precision: s
     output = output or checkpoint.with_suffix(".onnx")
     try:
         source = load_source(checkpoint, vocab)
-        spec = export_model(source, output, precision, opset, last_only=prune)
+        spec = export_model(source, output, precision, opset, prune=prune)
     except (OSError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     size_mb = output.stat().st_size / 1e6

@@ -144,11 +144,11 @@ def nonfinite_constants(proto: onnx.ModelProto) -> list[str]:
     return bad
 
 
-def _build_graph(source: ExportSource, scratch: Path, precision: str, opset: int, last_only: bool) -> Path:
+def _build_graph(source: ExportSource, scratch: Path, precision: str, opset: int, prune: bool) -> Path:
     """The bare graph at ``precision`` (no metadata yet), written under ``scratch``."""
     dtype = torch.float16 if precision == "fp16" else torch.float32
     traced = scratch / "traced.onnx"
-    trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, last_only, dtype), source.spec, traced, opset)
+    trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, prune, dtype), source.spec, traced, opset)
     if precision != "int8":
         return traced
     quantized = scratch / "int8.onnx"
@@ -157,7 +157,7 @@ def _build_graph(source: ExportSource, scratch: Path, precision: str, opset: int
 
 
 def export_model(source: ExportSource, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                 last_only: bool = True) -> ModelSpec:
+                 prune: bool = True) -> ModelSpec:
     """Write ``source`` as one checked ONNX file (no external data) to ``out``; returns its metadata.
 
     The file appears only once complete and checked. ``source.model`` is left as it was.
@@ -173,7 +173,7 @@ def export_model(source: ExportSource, out: str | Path, precision: str = "fp32",
     spec = dataclasses.replace(source.spec, precision=precision, versions=versions)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # same file system: the rename is atomic
-        proto = onnx.load(str(_build_graph(source, Path(scratch), precision, opset, last_only)))
+        proto = onnx.load(str(_build_graph(source, Path(scratch), precision, opset, prune)))
         for key, value in spec.to_metadata().items():
             proto.metadata_props.add(key=key, value=value)
         bad = nonfinite_constants(proto)
@@ -187,17 +187,17 @@ def export_model(source: ExportSource, out: str | Path, precision: str = "fp32",
 
 
 def export_checkpoint(checkpoint: str | Path, vocab: str | Path | None, out: str | Path, *,
-                      precision: str = "fp32", opset: int = DEFAULT_OPSET, last_only: bool = True) -> ModelSpec:
+                      precision: str = "fp32", opset: int = DEFAULT_OPSET, prune: bool = True) -> ModelSpec:
     """Export the mask generator of ``checkpoint`` to ``out``; returns the metadata written into it.
 
     ``vocab`` is the glove.pkl of training (``None``: the checkpoint config's ``vocab_path``).
     """
-    return export_model(load_source(checkpoint, vocab), out, precision, opset, last_only)
+    return export_model(load_source(checkpoint, vocab), out, precision, opset, prune)
 
 
 def unpruned_flops(source: ExportSource, opset: int) -> float:
     """FLOPs per query of the plain trace (every position of every layer), for comparison."""
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "unpruned.onnx"
-        trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, last_only=False), source.spec, path, opset)
+        trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, prune=False), source.spec, path, opset)
         return graph_flops(path)

@@ -51,16 +51,16 @@ class GeneratorGraph(nn.Module):
     The graph holds its own copy of the model, so putting it in eval mode or casting it to ``dtype``
     never changes the caller's module. With ``dtype=torch.float16`` the math runs in fp16 (attention
     softmax stays float32, as in the model) while ``frames`` and the outputs stay float32.
-    ``last_only`` prunes the last frame-decoder layer to the one position the head reads, and the clips'
-    causal self-attention runs in chunks (``ChunkedCausalAttention``).
+    ``prune`` skips work whose result is never read: the last frame-decoder layer computes only the one
+    position the head reads, and the clips' causal self-attention runs in chunks (``ChunkedCausalAttention``).
     """
 
-    def __init__(self, model: CNM, word_vectors: np.ndarray, last_only: bool = True,
+    def __init__(self, model: CNM, word_vectors: np.ndarray, prune: bool = True,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
         self.model = copy.deepcopy(model).to(dtype).eval()
-        self.last_only = last_only
-        if last_only:
+        self.prune = prune
+        if prune:
             for layer in self.model.trans.decoder1.decoder_layers:
                 layer.self_attn = ChunkedCausalAttention(layer.self_attn)
         self.dtype = dtype
@@ -69,5 +69,5 @@ class GeneratorGraph(nn.Module):
 
     def forward(self, frames, word_ids, words_len):
         words_feat = self.word_vectors[word_ids]
-        center, width = self.model.generate(frames.to(self.dtype), words_feat, words_len, last_only=self.last_only)
+        center, width = self.model.generate(frames.to(self.dtype), words_feat, words_len, last_only=self.prune)
         return center.float(), width.float()

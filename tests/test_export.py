@@ -208,7 +208,7 @@ def test_every_original_config_exports_and_verifies(tmp_path, config, vocab_size
     assert [case.queries for case in report.cases] == [1, 7, 64]
 
 
-def _analytic_flops(d, layers, frame_dim, last_only, frames=200, slots=21, word_dim=300, chunks=4):
+def _analytic_flops(d, layers, frame_dim, pruned, frames=200, slots=21, word_dim=300, chunks=4):
     """Matrix-product FLOPs of the generator counted by hand (2 per multiply-add). Pruned, the last frame
     layer computes one position and the clips' causal self-attention runs in ``chunks`` slices of rows,
     each against the keys up to its end."""
@@ -221,7 +221,7 @@ def _analytic_flops(d, layers, frame_dim, last_only, frames=200, slots=21, word_
         return attention(queries, keys, products) + cross + 2 * 2 * queries * d * 2 * d
 
     frame_layers = [layer(frames, frames, slots)] * layers
-    if last_only:
+    if pruned:
         rows = frames // chunks
         chunked = sum(2 * rows * (i + 1) * rows * d for i in range(chunks))
         frame_layers = [layer(frames, frames, slots, chunked)] * (layers - 1) + [layer(1, frames, slots)]
@@ -244,11 +244,11 @@ def test_chunked_causal_attention_equals_the_full_product(num_clips, chunks):
 def test_pruned_graph_matches_the_full_one_with_fewer_flops(tmp_path):
     """The Charades shape (d=256, 3+3 layers, 1024-d frames): about 1.11 GFLOP per query before pruning."""
     checkpoint, glove = tiny_checkpoint(tmp_path, d_model=256, layers=(3, 3))
-    export_checkpoint(checkpoint, glove, tmp_path / "full.onnx", last_only=False)
+    export_checkpoint(checkpoint, glove, tmp_path / "full.onnx", prune=False)
     export_checkpoint(checkpoint, glove, tmp_path / "pruned.onnx")
     full, pruned = graph_flops(tmp_path / "full.onnx"), graph_flops(tmp_path / "pruned.onnx")
-    assert full == _analytic_flops(256, 3, 1024, last_only=False)
-    assert pruned == _analytic_flops(256, 3, 1024, last_only=True)
+    assert full == _analytic_flops(256, 3, 1024, pruned=False)
+    assert pruned == _analytic_flops(256, 3, 1024, pruned=True)
     assert 1.10e9 < full < 1.12e9 and pruned < 0.8 * full
     feed = random_feed(spec_of(tmp_path / "full.onnx"), 7, np.random.default_rng(1))
     full_outputs = session(tmp_path / "full.onnx").run(None, feed)
