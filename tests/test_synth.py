@@ -12,7 +12,8 @@ from cnm_runtime.annotations import Annotation, load_annotations
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.convert import convert_npy_folder
 from cnm_runtime.convert import main as convert_main
-from cnm_runtime.synth import SentenceSignal, make_default_dataset, moment_rows, synthesize_archive
+from cnm_runtime.synth import (DEFAULT_RECIPE, I3D_LIKE, SentenceSignal, make_default_dataset, moment_rows,
+                                synthesize_archive)
 from cnm_runtime.synth_cli import main as synth_main
 from cnm_runtime.text import Vocabulary, load_glove
 from conftest import write_glove
@@ -155,9 +156,14 @@ def test_cli_default_and_annotation_modes(tmp_path):
     assert result.exit_code == 0, result.output
     with FeatureArchive(tmp_path / "a.hdf5") as part, FeatureArchive(d / "features.hdf5") as whole:
         assert json.loads(part.attrs["sources"]) == ["train.json", "test.json"]
-        video = load_annotations(d / "test.json")[0].video
-        np.testing.assert_array_equal(part.read(video), whole.read(video))
+        assert part.attrs["recipe"] == I3D_LIKE.describe() and whole.attrs["recipe"] == DEFAULT_RECIPE.describe()
         assert len(part.videos()) == 9  # train and test, not val
+    # a video's features depend on the seed, its id, its sentences and the recipe alone
+    test = load_annotations(d / "test.json")
+    again = synthesize_archive(tmp_path / "again.hdf5", test, load_glove(d / "glove.pkl"), frame_dim=16, seed=4,
+                               recipe=DEFAULT_RECIPE)
+    with FeatureArchive(again.path) as part, FeatureArchive(d / "features.hdf5") as whole:
+        np.testing.assert_array_equal(part.read(test[0].video), whole.read(test[0].video))
 
 
 def test_cli_usage_errors(tmp_path):
