@@ -11,8 +11,8 @@ Each video has about ``rows_per_second`` rows per second of duration; a row is
 
 ``level`` is one per-dimension profile for the whole archive, ``video_offset`` a per-video constant,
 ``smooth`` random key rows every ``key_spacing_s`` seconds eased into one another (a low-pass random
-process), ``noise`` white; a ``Recipe`` holds their scales. Everything is drawn from the seed, the video id and the sentences, so a
-video's features do not depend on which other videos are in the archive.
+process), ``noise`` white; a ``Recipe`` holds their scales. Everything is drawn from the seed, the video
+id and the sentences, so a video's features do not depend on which other videos are in the archive.
 """
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ from cnm_runtime.writers import ArchiveWriter, write_annotations, write_queries
 
 GENERATOR = "cnm_runtime.synth"
 GENERATOR_VERSION = 3  # bump whenever the same inputs give different features
-
 
 
 @dataclass(frozen=True)
@@ -252,8 +251,8 @@ DEFAULT_DURATION_S = (20.0, 40.0)
 DEFAULT_MOMENT_FRACTION = (0.15, 0.4)
 DEFAULT_BOUND_JITTER = 0.15  # each query's bounds move by up to this share of its video's stretch
 # A cleaner background than I3D_LIKE (no per-video offset, a calmer drift, a stronger signal): on it the
-# small CNM of cnm-demo starts localizing within its budget (validation mIoU 0.42 vs the prior's 0.29
-# after 480 updates), where on I3D_LIKE features its reconstructor is still ignoring the video.
+# small CNM of cnm-demo starts localizing within its budget (test mIoU 0.376 vs the prior's 0.295 after
+# 480 updates), where on I3D_LIKE features its reconstructor is still ignoring the video.
 DEFAULT_RECIPE = Recipe(video_offset_std=0.0, smooth_std=0.2, signal_amplitude=1.5)
 DEFAULT_NUM_VIDEOS = 400  # what cnm-demo and a bare cnm-train use: enough to learn in about two minutes
 DEFAULT_QUERIES_PER_VIDEO = 3
