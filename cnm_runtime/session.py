@@ -47,9 +47,10 @@ def available_cores() -> int:
 
 
 def _shapes(spec: ModelSpec, batch: int) -> str:
-    """A TensorRT profile string, e.g. ``frames:8x200x1024,word_ids:8x21,words_len:8``."""
-    dims = {"frames": (batch, spec.max_num_frames, spec.frame_dim), "word_ids": (batch, spec.word_slots),
-            "words_len": (batch,)}
+    """A TensorRT profile string, e.g. ``frames:8x200x1024,video_index:8,word_ids:8x21,words_len:8``
+    (a batch never holds more videos than queries)."""
+    dims = {"frames": (batch, spec.max_num_frames, spec.frame_dim), "video_index": (batch,),
+            "word_ids": (batch, spec.word_slots), "words_len": (batch,)}
     return ",".join(f"{name}:{'x'.join(map(str, dims[name]))}" for name in INPUT_NAMES)
 
 
@@ -89,7 +90,8 @@ def _provider_chain(name: str, spec: ModelSpec, max_batch: int, trt_cache_dir: P
 
 
 class ModelSession:
-    """``run(frames, word_ids, words_len) -> (center, width)`` for batches of up to ``max_batch`` queries."""
+    """``run(frames, video_index, word_ids, words_len) -> (center, width)`` for batches of up to ``max_batch``
+    queries (see ``cnm_runtime.model_spec`` for the inputs)."""
 
     def __init__(self, model_path: str | Path, provider: str = "auto", threads: int | None = None,
                  max_batch: int = 64, trt_cache_dir: str | Path | None = None):
@@ -106,6 +108,11 @@ class ModelSession:
         # Idle threads sleep instead of spinning: the reader processes and the batching thread need those cores
         # (measured on 2 cores: model alone and end to end both faster).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Flush denormals to zero: a softmax over masked keys underflows, and the CPU's slow path for denormal
+        # results took a fifth of the demo model's time (measured on 2 cores). ONNX Runtime sets this on its
+        # own threads and on the thread creating the session, which is the one that runs it (cnm-run's main
+        # thread); weights below 1.2e-38 become 0.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
             cpu_session = ort.InferenceSession(str(self.model_path), options, providers=[PROVIDERS["cpu"]])
         except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
@@ -127,6 +134,9 @@ class ModelSession:
 
     def _read_spec(self, session: ort.InferenceSession) -> ModelSpec:
         names = tuple(node.name for node in session.get_inputs())
+        if set(names) == set(INPUT_NAMES) - {"video_index"}:
+            raise ValueError(f"{self.model_path}: exported by cnm 0.1.0, whose graphs lack the video_index input; "
+                             "export the checkpoint again with this cnm-export")
         if set(names) != set(INPUT_NAMES):
             raise ValueError(f"{self.model_path}: inputs {names} are not a CNM model's {INPUT_NAMES}")
         return ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map, str(self.model_path))
@@ -145,9 +155,10 @@ class ModelSession:
                 if notices.getvalue():
                     log.debug("onnxruntime: %s", notices.getvalue().strip())
 
-    def run(self, frames: np.ndarray, word_ids: np.ndarray, words_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, frames: np.ndarray, video_index: np.ndarray, word_ids: np.ndarray, words_len: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
         binding = self.session.io_binding()
-        for name, array in zip(INPUT_NAMES, (frames, word_ids, words_len)):
+        for name, array in zip(INPUT_NAMES, (frames, video_index, word_ids, words_len)):
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0))
         for name in OUTPUT_NAMES:
             binding.bind_output(name, self.device, 0)
