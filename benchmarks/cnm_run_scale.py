@@ -4,7 +4,8 @@
     python benchmarks/cnm_run_scale.py memory --model M.onnx       # peak RSS as the archive grows
 
 ``throughput`` grounds every query of a synthetic archive (default 500 videos of 100-400 rows,
-4 queries each) and runs the model alone on ready-made batches of the same size, alternating the
+4 queries each) and runs the model alone on ready-made batches of the same size and the same
+sharing of videos (4 queries a video), alternating the
 two ``--repeats`` times; the ratio says how much of the model's speed the reading, resampling and
 tokenizing leave. ``memory`` grounds archives of growing size in fresh processes and reports each
 peak RSS (main process, and the largest reader process): it should not grow with the archive.
@@ -50,11 +51,13 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def model_only(session: ModelSession, queries: int, batch_size: int) -> float:
-    """Queries/s of the session alone on ready batches (random inputs, words of a typical length)."""
+def model_only(session: ModelSession, queries: int, batch_size: int, queries_per_video: int) -> float:
+    """Queries/s of the session alone on ready batches (random inputs, words of a typical length), each
+    video shared by ``queries_per_video`` queries of the batch as in cnm-run's batches of the archive."""
     rng = np.random.default_rng(1)
     spec = session.spec
-    frames = rng.standard_normal((batch_size, spec.max_num_frames, spec.frame_dim), dtype=np.float32)
+    video_index = np.arange(batch_size, dtype=np.int64) // queries_per_video
+    frames = rng.standard_normal((video_index[-1] + 1, spec.max_num_frames, spec.frame_dim), dtype=np.float32)
 
     class Words:  # an EncodedQuery stand-in: pad_word_ids reads word_ids and len()
         word_ids = tuple(range(1, 9))
@@ -63,11 +66,11 @@ def model_only(session: ModelSession, queries: int, batch_size: int) -> float:
             return 8
 
     word_ids, words_len = pad_word_ids([Words()] * batch_size, spec.word_slots)
-    session.run(frames, word_ids, words_len)  # warm up
+    session.run(frames, video_index, word_ids, words_len)  # warm up
     started, done = time.perf_counter(), 0
     while done < queries:
         n = min(batch_size, queries - done)
-        session.run(frames[:n], word_ids[:n], words_len[:n])
+        session.run(frames[: video_index[n - 1] + 1], video_index[:n], word_ids[:n], words_len[:n])
         done += n
     return queries / (time.perf_counter() - started)
 
@@ -102,7 +105,7 @@ def throughput(model: Path, videos: int, queries_per_video: int, batch_size: int
         model_rates, e2e_rates, model_cpu, e2e_cpu = [], [], [], []
         for _ in range(repeats):
             cpu = cpu_seconds()
-            model_rates.append(model_only(grounder.session, videos * queries_per_video, batch_size))
+            model_rates.append(model_only(grounder.session, videos * queries_per_video, batch_size, queries_per_video))
             model_cpu.append(cpu_seconds() - cpu)
             cpu = cpu_seconds()
             rate, count = end_to_end(grounder, archive, queries)

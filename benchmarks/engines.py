@@ -1,6 +1,7 @@
 """The engines a benchmark compares, and how a worker process turns one into ``run(feed) -> (center, width)``.
 
-PyTorch engines run the checkpoint's ``generate`` unpruned, as the original code does; ONNX Runtime
+PyTorch engines run the checkpoint's ``generate`` unpruned, as the original code does (sharing each
+video's first steps among its queries of the batch, as the exported graph does); ONNX Runtime
 engines run an exported file through cnm-run's own ``ModelSession``, so the figures are those of the
 tuned sessions that cnm-run uses.
 """
@@ -13,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-Feed = dict[str, np.ndarray]  # frames, word_ids, words_len: a batch as the exported graph takes it
+from cnm_runtime.feed import Feed
+
 Runner = Callable[[Feed], tuple[np.ndarray, np.ndarray]]
 
 
@@ -69,9 +71,9 @@ def torch_runner(checkpoint: Path, vocab: Path | None, device: str, threads: int
 
     def run(feed: Feed) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            frames, word_ids, words_len = (torch.from_numpy(feed[k]).to(device)
-                                           for k in ("frames", "word_ids", "words_len"))
-            center, width = model.generate(frames, table[word_ids], words_len)
+            frames, video_index, word_ids, words_len = (torch.from_numpy(feed[k]).to(device)
+                                                        for k in ("frames", "video_index", "word_ids", "words_len"))
+            center, width = model.generate(frames, table[word_ids], words_len, video_index=video_index)
             return center.cpu().numpy(), width.cpu().numpy()
 
     return run

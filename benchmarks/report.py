@@ -36,15 +36,15 @@ def _speed_table(results: dict[str, Any]) -> list[str]:
     lines = [
         "### Model-only throughput",
         "",
-        "| engine | batch | queries/s median (min-max) | latency per batch p50 / p99 (ms) | vs eager "
+        "| engine | batch | videos | queries/s median (min-max) | latency per batch p50 / p99 (ms) | vs eager "
         "| GFLOP/s (% of sgemm) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     sgemm = results["machine"]["sgemm_gflops"]
     eager = results["engines"][REFERENCE].get("speed", {})
     for engine in results["engines"].values():
         if "speed" not in engine:
-            lines.append(f"| {engine['label']} | - | {engine['status']} | | | |")
+            lines.append(f"| {engine['label']} | - | | {engine['status']} | | | |")
             continue
         for batch, figures in engine["speed"].items():
             qps = figures["queries_per_s"]
@@ -55,11 +55,16 @@ def _speed_table(results: dict[str, Any]) -> list[str]:
             if engine["device"] == "cpu":  # the ceiling measured is the CPU's
                 share += f" ({100 * gflops / sgemm:.0f}%)"
             lines.append(
-                f"| {engine['label']} | {batch} | {_qps(qps)} | {_number(figures['latency_ms']['p50'])} / "
+                f"| {engine['label']} | {batch} | {_number(figures['videos_per_batch'])} | {_qps(qps)} | "
+                f"{_number(figures['latency_ms']['p50'])} / "
                 f"{_number(figures['latency_ms']['p99'])} | {_number(speedup, 2)}x | {share} |"
             )
-    lines += ["", "GFLOP/s: the graph's FLOPs per query (its matrix products; int8 ones count alike) times queries/s; "
-              "% of the measured fp32 matrix-multiply rate."]
+    sharing = ("every query with its own copy of its video's clips (--one-video-per-query)"
+               if results["settings"]["one_video_per_query"] else
+               "each video once however many of its queries the batch holds, as cnm-run batches them")
+    lines += ["", f"videos: the mean number of videos in a batch of consecutive queries of the file, {sharing}. "
+              "GFLOP/s: the FLOPs of the batches run (the graph's matrix products; int8 ones count alike; a "
+              "video's share once per batch) per second; % of the measured fp32 matrix-multiply rate."]
     return lines
 
 
@@ -85,8 +90,8 @@ def _accuracy_table(results: dict[str, Any]) -> list[str]:
     lines = [
         f"### Accuracy on the {results['inputs']['queries_used']} labelled queries",
         "",
-        "| engine | " + " | ".join(ACCURACY_METRICS) + " | max abs d center | max abs d width | GFLOPs per query |",
-        "|---|" + "---:|" * (len(ACCURACY_METRICS) + 3),
+        "| engine | " + " | ".join(ACCURACY_METRICS) + " | max abs d center | max abs d width | GFLOPs per query | of which per video |",
+        "|---|" + "---:|" * (len(ACCURACY_METRICS) + 4),
     ]
     for engine in results["engines"].values():
         if "accuracy" not in engine:
@@ -95,8 +100,10 @@ def _accuracy_table(results: dict[str, Any]) -> list[str]:
         scores = " | ".join(f"{100 * figures[name]:.2f}" for name in ACCURACY_METRICS)
         drift = " | ".join("-" if figures[key] is None else f"{figures[key]:.1e}"
                            for key in ("max_abs_d_center", "max_abs_d_width"))
-        lines.append(f"| {engine['label']} | {scores} | {drift} | {_number(engine['flops_per_query'] / 1e9, 3)} |")
-    lines += ["", "IoU in percent; differences against PyTorch eager fp32."]
+        gflops = " | ".join(_number(engine[key] / 1e9, 3) for key in ("flops_per_query", "flops_per_video"))
+        lines.append(f"| {engine['label']} | {scores} | {drift} | {gflops} |")
+    lines += ["", "IoU in percent; differences against PyTorch eager fp32. GFLOPs per query: a query whose video "
+              "no other query of its batch reads; the part per video is spent once per video of a batch."]
     return lines
 
 

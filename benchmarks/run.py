@@ -10,6 +10,8 @@ For one checkpoint and one archive with labelled queries it measures
 4. the machine: CPU, cores, the measured fp32 matrix-multiply rate (the ceiling), FLOPs per query of
    each graph and the GFLOP/s achieved.
 
+Model-only batches are consecutive queries of the file, each video in a batch once, as cnm-run batches
+them (``--one-video-per-query`` gives every query its own copy instead: nothing shared).
 Each engine runs in its own worker process (``benchmarks.worker``) and measures only when told to;
 each round visits every batch size, and at each batch size every engine in turn (the order rotates
 from round to round), then runs cnm-run once. Every measurement starts with an untimed warm-up batch.
@@ -44,7 +46,7 @@ from benchmarks.summary import accuracy_figures, check_targets, ratio, speed_fig
 from benchmarks.worker import Worker
 from cnm_export.export import unpruned_flops
 from cnm_export.export import DEFAULT_OPSET, export_model, load_source
-from cnm_export.flops import graph_flops
+from cnm_export.flops import Flops, graph_flops
 from cnm_runtime.model_spec import ModelSpec
 from cnm_runtime.outputs import write_json_atomic
 from cnm_runtime.session import available_cores
@@ -66,6 +68,7 @@ class Settings:
     max_queries: int  # labelled queries prepared from the queries file
     e2e_queries: int  # queries per cnm-run: the prepared ones, repeated
     threads: int  # for every engine: PyTorch's threads, ONNX Runtime's intra-op threads
+    one_video_per_query: bool = False  # model-only batches share no video between queries
 
     @property
     def reference_batch(self) -> int:
@@ -92,7 +95,7 @@ class Inputs:
 @dataclass(frozen=True)
 class Models:
     paths: dict[str, Path]  # precision -> exported ONNX file
-    flops: dict[str, float]  # what an engine loads (checkpoint or precision) -> FLOPs per query
+    flops: dict[str, Flops]  # what an engine loads (checkpoint or precision) -> its FLOPs
     spec: ModelSpec
 
 
@@ -127,6 +130,7 @@ def export_models(inputs: Inputs, precisions: list[str], workdir: Path) -> Model
 
 def start_worker(engine: Engine, inputs: Inputs, models: Models, feed: Path, settings: Settings) -> Worker:
     options = ["--inputs", str(feed), "--threads", str(settings.threads), "--max-batch", str(max(settings.batch_sizes))]
+    options += ["--one-video-per-query"] if settings.one_video_per_query else []
     if engine.is_torch:
         options += ["--checkpoint", str(inputs.checkpoint.resolve())]
         options += ["--vocab", str(inputs.vocab.resolve())] if inputs.vocab else []
@@ -150,6 +154,7 @@ def predict_all(workers: dict[str, Worker], workdir: Path) -> dict[str, tuple[np
 class Measurements:
     latencies_s: dict[tuple[str, int], list[float]]  # every timed batch of an engine at a batch size
     round_qps: dict[tuple[str, int], list[float]]  # queries/s of each round
+    videos: dict[tuple[str, int], list[int]]  # videos in each timed batch
     end_to_end: list[EndToEnd]
     end_to_end_error: str | None
 
@@ -157,7 +162,7 @@ class Measurements:
 def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_end) -> Measurements:
     """The rounds: never two engines measuring at once; cnm-run last in each round."""
     keys = [(name, batch) for name in workers for batch in settings.batch_sizes]
-    measured = Measurements({key: [] for key in keys}, {key: [] for key in keys}, [], None)
+    measured = Measurements({key: [] for key in keys}, {key: [] for key in keys}, {key: [] for key in keys}, [], None)
     names = list(workers)
     steps = settings.rounds * (len(keys) + 1)
     with tqdm(total=steps, desc="measuring", unit="step", file=sys.stderr, disable=None) as progress:
@@ -166,8 +171,10 @@ def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_en
             for batch in settings.batch_sizes:
                 for name in order:
                     command = {"cmd": "measure", "batch_size": batch, "batches": settings.batches(batch)}
-                    latencies = workers[name].ask(command)["latencies_s"]
+                    answer = workers[name].ask(command)
+                    latencies = answer["latencies_s"]
                     measured.latencies_s[name, batch] += latencies
+                    measured.videos[name, batch] += answer["videos"]
                     measured.round_qps[name, batch].append(batch * len(latencies) / sum(latencies))
                     progress.update()
             if measured.end_to_end_error is None:
@@ -184,11 +191,13 @@ def engine_results(engine: Engine, status: str, provider: str | None, models: Mo
                    measured: Measurements, outputs: dict, truth: np.ndarray) -> dict[str, Any]:
     flops = models.flops.get(engine.graph)
     result: dict[str, Any] = {"label": engine.label, "device": "gpu" if engine.needs_gpu else "cpu",
-                              "graph": engine.graph, "provider": provider, "status": status, "flops_per_query": flops}
+                              "graph": engine.graph, "provider": provider, "status": status,
+                              "flops_per_query": None if flops is None else flops.per_query_at(),
+                              "flops_per_video": None if flops is None else flops.per_video}
     if engine.name in outputs:
         result["speed"] = {
             str(batch): speed_figures(measured.round_qps[engine.name, batch], measured.latencies_s[engine.name, batch],
-                                      flops)
+                                      measured.videos[engine.name, batch], batch, flops)
             for batch in settings.batch_sizes
         }
         result["accuracy"] = accuracy_figures(outputs[engine.name], truth, outputs.get(REFERENCE))
@@ -337,11 +346,14 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               help="queries per cnm-run, the labelled ones repeated  "
                    f"[default: {FULL['e2e_queries']}; quick {QUICK['e2e_queries']}]")
 @click.option("--threads", type=click.IntRange(min=1), help="threads of every engine  [default: one per core]")
+@click.option("--one-video-per-query", is_flag=True,
+              help="model-only batches give every query its own copy of its video's clips (nothing shared); "
+                   "cnm-run still shares")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
               show_default="benchmarks/results")
 def main(checkpoint: Path | None, vocab: Path | None, features: Path | None, queries: Path | None, quick: bool,
          rounds: int | None, batch_sizes: str | None, queries_per_point: int | None, max_queries: int | None,
-         e2e_queries: int | None, threads: int | None, out_dir: Path) -> None:
+         e2e_queries: int | None, threads: int | None, one_video_per_query: bool, out_dir: Path) -> None:
     """Speed and accuracy of every engine on one checkpoint and one labelled archive, side by side."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
@@ -349,7 +361,7 @@ def main(checkpoint: Path | None, vocab: Path | None, features: Path | None, que
     given = {"rounds": rounds, "batch_sizes": _batch_sizes(batch_sizes), "queries_per_point": queries_per_point,
              "max_queries": max_queries, "e2e_queries": e2e_queries}
     settings = Settings(**{key: defaults[key] if value is None else value for key, value in given.items()},
-                        threads=threads or available_cores())
+                        threads=threads or available_cores(), one_video_per_query=one_video_per_query)
     inputs = resolve_inputs(checkpoint, vocab, features, queries)
     command = shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
     with tempfile.TemporaryDirectory(prefix="cnm-bench-") as scratch:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.engines import REFERENCE
+from cnm_export.flops import Flops
 from cnm_runtime.spans import grounding_metrics, spans_from_gaussian, temporal_iou
 
 ACCURACY_METRICS = ("IoU@0.3", "IoU@0.5", "IoU@0.7", "mIoU")
@@ -18,13 +19,18 @@ def spread(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": list(values)}
 
 
-def speed_figures(round_qps: list[float], latencies_s: list[float], flops_per_query: float | None) -> dict[str, Any]:
-    """Queries/s over the rounds, latency per batch over every timed batch, achieved GFLOP/s at the median."""
+def speed_figures(round_qps: list[float], latencies_s: list[float], videos: list[int], batch_size: int,
+                  flops: Flops | None) -> dict[str, Any]:
+    """Queries/s over the rounds, latency per batch over every timed batch, the videos a batch held, and the
+    GFLOP/s achieved at the median (the FLOPs of the batches run: shared videos count once)."""
     queries_per_s = spread(round_qps)
+    videos_per_batch = float(np.mean(videos))
+    flops_per_query = None if flops is None else flops.per_query_at(videos_per_batch / batch_size)
     return {
         "queries_per_s": queries_per_s,
         "latency_ms": {"p50": float(np.percentile(latencies_s, 50) * 1e3),
                        "p99": float(np.percentile(latencies_s, 99) * 1e3), "batches": len(latencies_s)},
+        "videos_per_batch": videos_per_batch,
         "gflops_per_s": None if flops_per_query is None else queries_per_s["median"] * flops_per_query / 1e9,
     }
 

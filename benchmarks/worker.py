@@ -5,10 +5,11 @@ so the coordinator starts one worker per engine and sends one command at a time 
 is one JSON line on stdout; anything else (ONNX Runtime notices included) is sent to stderr.
 
     {"cmd": "predict", "out": PATH}                    -> {"ok": true}  (every query; center, width to PATH)
-    {"cmd": "measure", "batch_size": B, "batches": N}  -> {"latencies_s": [N seconds]}
+    {"cmd": "measure", "batch_size": B, "batches": N}  -> {"latencies_s": [N seconds], "videos": [N counts]}
 
 A measurement first runs one untimed batch (the warm-up), then N timed batches of consecutive queries,
-taken round-robin from the prepared inputs. ``Worker`` is the coordinator's end of the pipe.
+taken round-robin from the prepared inputs; a batch holds each of its videos once, as cnm-run's do
+(``--one-video-per-query``: each query its own copy). ``Worker`` is the coordinator's end of the pipe.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from benchmarks.engines import BY_NAME, Feed, Runner, ort_runner, torch_runner
+from benchmarks.engines import BY_NAME, Runner, ort_runner, torch_runner
+from cnm_runtime.feed import Feed, one_video_per_query, take_queries
 
 PREDICT_CHUNK = 64
 WARMUP_BATCHES = 1
@@ -31,31 +33,31 @@ REPO = Path(__file__).resolve().parents[1]  # benchmarks/ is a folder of the rep
 
 def load_feed(path: Path) -> Feed:
     with np.load(path) as arrays:
-        return {name: arrays[name] for name in ("frames", "word_ids", "words_len")}
+        return {name: arrays[name] for name in ("frames", "video_index", "word_ids", "words_len")}
 
 
 def batch_of(feed: Feed, start: int, size: int) -> Feed:
-    rows = (start + np.arange(size)) % len(feed["words_len"])
-    return {name: array[rows] for name, array in feed.items()}
+    return take_queries(feed, (start + np.arange(size)) % len(feed["words_len"]))
 
 
 def predict(run: Runner, feed: Feed) -> tuple[np.ndarray, np.ndarray]:
     total = len(feed["words_len"])
-    parts = [run({k: v[i : i + PREDICT_CHUNK] for k, v in feed.items()}) for i in range(0, total, PREDICT_CHUNK)]
+    parts = [run(batch_of(feed, i, min(PREDICT_CHUNK, total - i))) for i in range(0, total, PREDICT_CHUNK)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def measure(run: Runner, feed: Feed, batch_size: int, batches: int) -> list[float]:
-    """Seconds per timed batch; the batch is built before its clock starts."""
+def measure(run: Runner, feed: Feed, batch_size: int, batches: int) -> dict[str, list]:
+    """Seconds per timed batch and the videos each held; the batch is built before its clock starts."""
     for i in range(WARMUP_BATCHES):
         run(batch_of(feed, i * batch_size, batch_size))
-    latencies = []
+    latencies, videos = [], []
     for i in range(batches):
         batch = batch_of(feed, i * batch_size, batch_size)
         started = time.perf_counter()
         run(batch)
         latencies.append(time.perf_counter() - started)
-    return latencies
+        videos.append(len(batch["frames"]))
+    return {"latencies_s": latencies, "videos": videos}
 
 
 def _protocol_stream():
@@ -74,8 +76,9 @@ def _protocol_stream():
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PyTorch engines")
 @click.option("--threads", type=click.IntRange(min=1), required=True)
 @click.option("--max-batch", type=click.IntRange(min=1), required=True)
+@click.option("--one-video-per-query", "unshared", is_flag=True, help="no video shared between the queries of a batch")
 def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | None, vocab: Path | None,
-         threads: int, max_batch: int) -> None:
+         threads: int, max_batch: int, unshared: bool) -> None:
     answers = _protocol_stream()
 
     def answer(message: dict) -> None:
@@ -91,6 +94,8 @@ def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | 
         answer({"error": f"{type(error).__name__}: {error}"})
         return
     feed = load_feed(inputs)
+    if unshared:
+        feed = one_video_per_query(feed)
     answer({"ready": True, "provider": provider})
     for line in sys.stdin:
         command = json.loads(line)
@@ -99,7 +104,7 @@ def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | 
             np.savez(command["out"], center=center, width=width)
             answer({"ok": True})
         else:
-            answer({"latencies_s": measure(run, feed, command["batch_size"], command["batches"])})
+            answer(measure(run, feed, command["batch_size"], command["batches"]))
 
 
 class Worker:

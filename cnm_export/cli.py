@@ -43,8 +43,9 @@ def main(checkpoint: Path, vocab: Path | None, output: Path | None, precision: s
     click.echo(f"wrote {output} ({precision}, opset {opset}, {size_mb:.1f} MB, {len(spec.words)} words, "
                f"{spec.frame_dim}-d frames)")
     flops = graph_flops(output)
-    before = f" (unpruned: {unpruned_flops(source, opset) / 1e9:.3f})" if prune else ""
-    click.echo(f"GFLOPs per query: {flops / 1e9:.3f}{before}")
+    before = f" (unpruned: {unpruned_flops(source, opset).per_query_at() / 1e9:.3f})" if prune else ""
+    click.echo(f"GFLOPs per query: {flops.per_query_at() / 1e9:.3f}{before}, of which "
+               f"{flops.per_video / 1e9:.3f} once per video however many queries share it")
     if verify or golden:
         report = verify_export(output, source.model, source.word_vectors, golden)
         click.echo(report.table())

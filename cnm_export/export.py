@@ -20,7 +20,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from cnm_export.flops import graph_flops
+from cnm_export.flops import Flops, graph_flops
 from cnm_export.graph import GeneratorGraph
 from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
 from cnm_runtime.text import Vocabulary, load_glove
@@ -97,20 +97,21 @@ def load_source(checkpoint: str | Path, vocab: str | Path | None = None) -> Expo
 
 
 def trace_to_onnx(graph: GeneratorGraph, spec: ModelSpec, out: Path, opset: int) -> None:
-    """Run PyTorch's exporter on ``graph``; only the batch axis is dynamic."""
+    """Run PyTorch's exporter on ``graph``; only the batch axes (videos, queries) are dynamic."""
     batch = 2
     example = (
         torch.zeros(batch, spec.max_num_frames, spec.frame_dim),
+        torch.arange(batch),
         torch.zeros(batch, spec.word_slots, dtype=torch.long),
         torch.ones(batch, dtype=torch.long),
     )
-    batch_dim = {0: "batch"}
+    batch_dims = {name: {0: "videos" if name == "frames" else "batch"} for name in INPUT_NAMES + OUTPUT_NAMES}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own deprecation notes
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shapes fixed by the spec: expected
         torch.onnx.export(
             graph, example, str(out), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-            dynamic_axes={name: batch_dim for name in INPUT_NAMES + OUTPUT_NAMES}, opset_version=opset,
+            dynamic_axes=batch_dims, opset_version=opset,
             dynamo=False,
         )
 
@@ -195,8 +196,8 @@ def export_checkpoint(checkpoint: str | Path, vocab: str | Path | None, out: str
     return export_model(load_source(checkpoint, vocab), out, precision, opset, prune)
 
 
-def unpruned_flops(source: ExportSource, opset: int) -> float:
-    """FLOPs per query of the plain trace (every position of every layer), for comparison."""
+def unpruned_flops(source: ExportSource, opset: int) -> Flops:
+    """FLOPs of the plain trace (every position of every layer), for comparison."""
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "unpruned.onnx"
         trace_to_onnx(GeneratorGraph(source.model, source.word_vectors, prune=False), source.spec, path, opset)

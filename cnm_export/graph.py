@@ -44,7 +44,10 @@ class ChunkedCausalAttention(nn.Module):
 
 
 class GeneratorGraph(nn.Module):
-    """``(frames, word_ids, words_len) -> (center, width)``; the reconstructor is left out.
+    """``(frames, video_index, word_ids, words_len) -> (center, width)``; the reconstructor is left out.
+
+    ``frames`` holds the batch's videos and ``video_index`` names each query's one, so the work that reads
+    no words (the clips' projection, the frame decoder's first self-attention) runs once per video.
 
     The kept words' GloVe vectors live in ``word_vectors`` (row 0 zeros for padding and the start slot,
     which the model replaces by its start vector), so the runtime needs no ``glove.pkl``.
@@ -67,7 +70,8 @@ class GeneratorGraph(nn.Module):
         table = torch.from_numpy(np.asarray(word_vectors, dtype=np.float32)).to(dtype)
         self.register_buffer("word_vectors", table)
 
-    def forward(self, frames, word_ids, words_len):
+    def forward(self, frames, video_index, word_ids, words_len):
         words_feat = self.word_vectors[word_ids]
-        center, width = self.model.generate(frames.to(self.dtype), words_feat, words_len, last_only=self.prune)
+        center, width = self.model.generate(frames.to(self.dtype), words_feat, words_len, last_only=self.prune,
+                                            video_index=video_index)
         return center.float(), width.float()

@@ -19,6 +19,7 @@ import torch
 
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.errors import InputError
+from cnm_runtime.feed import Feed, take_queries
 from cnm_runtime.model_spec import ModelSpec
 from cnm_runtime.queries import Query, QueryError, read_queries
 from cnm_runtime.session import ModelSession
@@ -33,8 +34,6 @@ TOLERANCE = {"fp32": 1e-5}  # max |d center| and |d width|; fp16 and int8 are re
 RANDOM_BATCHES = (1, 7, 64)
 REPORTED_METRICS = ("IoU@0.5", "mIoU")
 CHUNK = 64  # queries per forward pass on the labelled set
-
-Feed = dict[str, np.ndarray]
 
 
 @dataclass
@@ -93,20 +92,23 @@ def pytorch_outputs(model: CNM, word_vectors: np.ndarray, feed: Feed) -> tuple[n
     """The reference: the eval-mode model, full inference path, fp32."""
     with torch.inference_mode():
         words = torch.from_numpy(word_vectors)[torch.from_numpy(feed["word_ids"])]
-        center, width = model.generate(torch.from_numpy(feed["frames"]), words, torch.from_numpy(feed["words_len"]))
+        center, width = model.generate(torch.from_numpy(feed["frames"]), words, torch.from_numpy(feed["words_len"]),
+                                       video_index=torch.from_numpy(feed["video_index"]))
     return center.numpy(), width.numpy()
 
 
 def random_feed(spec: ModelSpec, batch: int, rng: np.random.Generator) -> Feed:
-    """Feature-like frames (half zeros) and random word ids; lengths count down from the longest query."""
-    frames = np.maximum(rng.standard_normal((batch, spec.max_num_frames, spec.frame_dim)), 0).astype(np.float32)
+    """Feature-like frames (half zeros) and random word ids; lengths count down from the longest query.
+    Two queries share each video (the last one alone when ``batch`` is odd)."""
+    videos = (batch + 1) // 2
+    frames = np.maximum(rng.standard_normal((videos, spec.max_num_frames, spec.frame_dim)), 0).astype(np.float32)
     lengths = rng.integers(1, spec.max_num_words + 1, batch)
     covered = min(batch, spec.max_num_words)
     lengths[:covered] = np.arange(spec.max_num_words, spec.max_num_words - covered, -1)
     vocab_size = len(spec.words) + 1
     queries = [EncodedQuery(tuple(rng.integers(1, vocab_size, n).tolist()), (), (), False) for n in lengths]
     word_ids, words_len = pad_word_ids(queries, spec.word_slots)
-    return {"frames": frames, "word_ids": word_ids, "words_len": words_len}
+    return {"frames": frames, "video_index": np.arange(batch, dtype=np.int64) // 2, "word_ids": word_ids, "words_len": words_len}
 
 
 def _compare(case: str, ours: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray],
@@ -136,11 +138,12 @@ def _prepare(query: Query, spec: ModelSpec, vocabulary: Vocabulary, archive: Fea
 
 
 def load_labelled_set(directory: str | Path, spec: ModelSpec) -> LabelledSet:
-    """``queries.jsonl`` and ``features.hdf5`` read and prepared as cnm-run does it; a query that cannot be
-    prepared is logged and skipped."""
+    """``queries.jsonl`` and ``features.hdf5`` read and prepared as cnm-run does it (each video once); a query
+    that cannot be prepared is logged and skipped."""
     directory = Path(directory)
     vocabulary = spec.vocabulary()
-    frames, queries, truth, rows = [], [], [], []
+    frames, video_index, queries, truth, rows = [], [], [], [], []
+    video_rows: dict[str, int] = {}
     with FeatureArchive(directory / "features.hdf5") as archive:
         for query in read_queries(directory / "queries.jsonl"):
             try:
@@ -151,19 +154,23 @@ def load_labelled_set(directory: str | Path, spec: ModelSpec) -> LabelledSet:
                 log.warning("skipped: %s", error.message)
                 continue
             queries.append(encoded)
-            frames.append(clips)
+            if query.video not in video_rows:
+                video_rows[query.video] = len(frames)
+                frames.append(clips)
+            video_index.append(video_rows[query.video])
             truth.append([moment / query.duration for moment in query.timestamps])
             rows.append(query.line - 1)
     if not queries:
         raise ValueError(f"{directory}: no query could be prepared")
     word_ids, words_len = pad_word_ids(queries, spec.word_slots)
-    feed = {"frames": np.stack(frames), "word_ids": word_ids, "words_len": words_len}
+    feed = {"frames": np.stack(frames), "video_index": np.array(video_index, np.int64), "word_ids": word_ids,
+            "words_len": words_len}
     return LabelledSet(feed, np.asarray(truth, dtype=np.float32), rows)
 
 
 def _in_chunks(run, feed: Feed) -> tuple[np.ndarray, np.ndarray]:
     total = len(feed["words_len"])
-    parts = [run({k: v[i : i + CHUNK] for k, v in feed.items()}) for i in range(0, total, CHUNK)]
+    parts = [run(take_queries(feed, np.arange(i, min(i + CHUNK, total)))) for i in range(0, total, CHUNK)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

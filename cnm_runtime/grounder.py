@@ -6,7 +6,8 @@
 
 The work flows in three stages that overlap: worker processes read and resample each video once
 (``VideoReader``), a thread tokenizes the queries and stacks batches across videos, and the calling
-thread runs the batches in ONNX Runtime. Results come back in input order. Memory stays bounded
+thread runs the batches in ONNX Runtime (a batch holds each of its videos once: the exported graph
+runs the work that reads no words once per video). Results come back in input order. Memory stays bounded
 whatever the sizes of the archive and the queries: at most ``2 * batch_size`` queries wait for
 their video, ``keep_videos`` recent videos are kept for reuse, and two batches are stacked ahead.
 
@@ -93,7 +94,8 @@ class _Ready:
 @dataclass(frozen=True)
 class _Batch:
     items: list[_Ready]
-    frames: np.ndarray
+    frames: np.ndarray  # [videos, clips, dim]: each video of the batch once
+    video_index: np.ndarray  # [queries]: each query's row of frames
     word_ids: np.ndarray
     words_len: np.ndarray
 
@@ -152,7 +154,7 @@ class Grounder:
             if isinstance(item, QueryError):
                 yield item
                 continue
-            center, width = self.session.run(item.frames, item.word_ids, item.words_len)
+            center, width = self.session.run(item.frames, item.video_index, item.word_ids, item.words_len)
             spans = spans_from_gaussian(center, width)
             for ready, c, w, span in zip(item.items, center, width, spans):
                 yield Prediction(ready.query, ready.encoded, ready.duration, float(c), float(w),
@@ -205,5 +207,13 @@ class Grounder:
         return _Ready(query, item.encoded, clips.frames, duration)
 
     def _stack(self, batch: list[_Ready], buffers: FrameBuffers) -> _Batch:
+        """Each video's clips go into the batch once, however many of its queries the batch holds."""
+        rows: dict[str, int] = {}  # video -> its row of frames
+        clips: list[np.ndarray] = []
+        for ready in batch:
+            if ready.query.video not in rows:
+                rows[ready.query.video] = len(clips)
+                clips.append(ready.frames)
+        video_index = np.array([rows[ready.query.video] for ready in batch], np.int64)
         word_ids, words_len = pad_word_ids([ready.encoded for ready in batch], self.spec.word_slots)
-        return _Batch(batch, buffers.fill([ready.frames for ready in batch]), word_ids, words_len)
+        return _Batch(batch, buffers.fill(clips), video_index, word_ids, words_len)

@@ -2,9 +2,11 @@
 
 The ONNX file holds one metadata entry, ``cnm`` (JSON of ``ModelSpec``), so that the runtime needs
 nothing else beside the file: the kept words turn sentences into ``word_ids``, the sizes turn raw
-features into ``frames``. Graph inputs: ``frames`` float32 ``[B, max_num_frames, frame_dim]``,
-``word_ids`` int64 ``[B, max_num_words + 1]`` (slot 0 the start slot), ``words_len`` int64 ``[B]``.
-Outputs: ``center`` and ``width`` ``[B]`` (width already times ``max_width``).
+features into ``frames``. Graph inputs: ``frames`` float32 ``[V, max_num_frames, frame_dim]``, the
+batch's videos; ``video_index`` int64 ``[B]``, each query's row of ``frames``; ``word_ids`` int64
+``[B, max_num_words + 1]`` (slot 0 the start slot); ``words_len`` int64 ``[B]``. Outputs: ``center`` and
+``width`` ``[B]`` (width already times ``max_width``). Files exported before ``video_index`` existed
+(cnm 0.1.0) lack that input and must be exported again.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from cnm_runtime.text import Vocabulary
 
 METADATA_KEY = "cnm"
-INPUT_NAMES = ("frames", "word_ids", "words_len")
+INPUT_NAMES = ("frames", "video_index", "word_ids", "words_len")
 OUTPUT_NAMES = ("center", "width")
 
 

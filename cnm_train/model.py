@@ -112,14 +112,18 @@ class TransformerDecoderLayer(nn.Module):
         return norm(x + F.dropout(update, self.dropout, self.training))
 
     def forward(self, x, x_pad=None, memory=None, memory_pad=None, self_gauss=None, cross_gauss=None,
-                last_only=False):
+                last_only=False, x_index=None):
         """``x_pad``/``memory_pad``: bool ``[B, T]``, True at padding. ``last_only`` computes the last
-        position alone (keys and values still from every position): all a caller reading ``h[:, -1]`` needs."""
+        position alone (keys and values still from every position): all a caller reading ``h[:, -1]`` needs.
+        ``x_index`` ``[B]``: ``x`` holds fewer rows than ``memory`` and row b of the output continues from
+        ``x[x_index[b]]`` after the self-attention, which reads ``x`` alone (so it runs once per row of ``x``)."""
         query = x[:, -1:] if last_only else x
         blocked = causal_block(query.shape[1], x.shape[1], x.device)[None, None]
         if x_pad is not None:
             blocked = blocked | x_pad[:, None, None, :]
         h = self._residual(query, self.self_attn(query, x, score_bias(blocked), self_gauss), self.self_attn_layer_norm)
+        if x_index is not None:
+            h = h[x_index]
         if memory is not None:
             cross_bias = None if memory_pad is None else score_bias(memory_pad[:, None, None, :])
             h = self._residual(h, self.encoder_attn(h, memory, cross_bias, cross_gauss), self.encoder_attn_layer_norm)
@@ -134,11 +138,13 @@ class TransformerDecoder(nn.Module):
         )
 
     def forward(self, x, x_pad=None, memory=None, memory_pad=None, self_gauss=None, cross_gauss=None,
-                last_only=False):
-        """``last_only`` prunes the final layer to the last position (returns ``[B, 1, D]``)."""
+                last_only=False, x_index=None):
+        """``last_only`` prunes the final layer to the last position (returns ``[B, 1, D]``); ``x_index``
+        maps each row of ``memory`` to its row of ``x`` inside the first layer (see the layer)."""
         for i, layer in enumerate(self.decoder_layers):
             prune = last_only and i == len(self.decoder_layers) - 1
-            x = layer(x, x_pad, memory, memory_pad, self_gauss, cross_gauss, last_only=prune)
+            x = layer(x, x_pad, memory, memory_pad, self_gauss, cross_gauss, last_only=prune,
+                      x_index=x_index if i == 0 else None)
         return x
 
 
@@ -177,20 +183,24 @@ class CNM(nn.Module):
         words_pad = torch.arange(num_slots, device=words_len.device)[None, :] > words_len[:, None]
         return frames, words, self.word_positions[:num_slots].to(words.dtype), words_pad
 
-    def _gaussian_head(self, frames, words, words_pad, last_only=False):
+    def _gaussian_head(self, frames, words, words_pad, last_only=False, video_index=None):
         words_enc = self.trans.decoder2(words, words_pad)
-        h = self.trans.decoder1(frames, memory=words_enc, memory_pad=words_pad, last_only=last_only)
+        h = self.trans.decoder1(frames, memory=words_enc, memory_pad=words_pad, last_only=last_only,
+                                x_index=video_index)
         center, width = torch.sigmoid(self.fc_mask_gen(h[:, -1])).unbind(-1)
         return center, width * self.cfg.max_width
 
-    def generate(self, frames_feat, words_feat, words_len, last_only: bool = False):
+    def generate(self, frames_feat, words_feat, words_len, last_only: bool = False, video_index=None):
         """The mask generator: ``(center, width)`` ``[B]`` each, width already times ``max_width``.
 
         frames_feat ``[B, n_clips, frame_dim]``; words_feat ``[B, T, word_dim]`` with slot 0 the start slot
         and slots 1..words_len the words; ``last_only`` skips work whose result ``h[:, -1]`` never reads.
+        With ``video_index`` ``[B]`` int64, frames_feat holds ``[V, n_clips, frame_dim]`` videos and query b
+        reads video ``video_index[b]``: the clips' projection and the frame decoder's first self-attention
+        read no words, so they run once per video however many queries share it (same values).
         """
         frames, words, positions, words_pad = self._encode_inputs(frames_feat, words_feat, words_len)
-        return self._gaussian_head(frames, words + positions, words_pad, last_only)
+        return self._gaussian_head(frames, words + positions, words_pad, last_only, video_index)
 
     def gauss_weight(self, num_props: int, center, width):
         """``exp(-alpha (t - c)^2 / w^2)`` over ``num_props`` evenly spaced positions, width clamped at 0.1."""

@@ -20,6 +20,7 @@ from benchmarks import run  # noqa: E402
 from benchmarks.summary import check_targets, speed_figures  # noqa: E402
 from benchmarks.worker import Worker  # noqa: E402
 from cnm_export.export import export_checkpoint  # noqa: E402
+from cnm_export.flops import Flops  # noqa: E402
 from cnm_runtime.synth import make_default_dataset  # noqa: E402
 from cnm_runtime.text import load_glove  # noqa: E402
 
@@ -64,6 +65,7 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_run):
             assert 0 < figures["queries_per_s"]["min"] <= figures["queries_per_s"]["median"]
             assert figures["latency_ms"]["batches"] == quick.rounds * quick.batches(int(batch))
             assert figures["gflops_per_s"] > 0
+            assert 1 <= figures["videos_per_batch"] <= int(batch)
         assert set(engine["accuracy"]) >= {"IoU@0.3", "IoU@0.5", "IoU@0.7", "mIoU", "max_abs_d_center"}
     engines = results["engines"]
     assert engines["torch-eager"]["accuracy"]["max_abs_d_center"] == 0
@@ -88,9 +90,11 @@ def test_without_inputs_the_error_says_how_to_make_the_demo(tmp_path, monkeypatc
 
 
 def test_summary_figures():
-    figures = speed_figures([10.0, 30.0, 20.0], [0.1] * 99 + [1.0], flops_per_query=2e9)
+    flops = Flops(per_video=2e9, per_query=1e9)
+    figures = speed_figures([10.0, 30.0, 20.0], [0.1] * 99 + [1.0], [1, 3] * 50, 4, flops)
     assert figures["queries_per_s"]["median"] == 20 and figures["queries_per_s"]["min"] == 10
     assert figures["latency_ms"]["p50"] == pytest.approx(100) and figures["latency_ms"]["p99"] > 100
+    assert figures["videos_per_batch"] == 2  # half a video per query: 1e9 + 2e9 / 2 FLOPs per query
     assert figures["gflops_per_s"] == pytest.approx(40)
 
     def engine(qps, miou):
@@ -109,8 +113,8 @@ def test_an_engine_that_cannot_start_answers_why(tmp_path):
     model = tmp_path / "model.onnx"
     export_checkpoint(write_checkpoint(tmp_path / "model.pt", vocab_size=20, glove_path=glove), glove, model)
     feed = tmp_path / "feed.npz"
-    np.savez(feed, frames=np.zeros((1, 200, 1024), np.float32), word_ids=np.zeros((1, 21), np.int64),
-             words_len=np.ones(1, np.int64))
+    np.savez(feed, frames=np.zeros((1, 200, 1024), np.float32), video_index=np.zeros(1, np.int64),
+             word_ids=np.zeros((1, 21), np.int64), words_len=np.ones(1, np.int64))
     options = ["--inputs", str(feed), "--model", str(model), "--threads", "1", "--max-batch", "1"]
     worker = Worker("ort-cuda-fp16", options, {})
     worker.close()

@@ -38,7 +38,8 @@ def golden_feed(expected, rows=slice(None)) -> dict:
     ids = expected["words_id"][rows]
     word_ids = np.zeros((len(ids), 21), np.int64)
     word_ids[:, 1 : ids.shape[1] + 1] = ids
-    return {"frames": expected["frames_feat"][rows], "word_ids": word_ids,
+    frames = expected["frames_feat"][rows]  # each golden query has a video of its own
+    return {"frames": frames, "video_index": np.arange(len(frames), dtype=np.int64), "word_ids": word_ids,
             "words_len": expected["words_len"][rows].astype(np.int64)}
 
 
@@ -96,8 +97,8 @@ def test_interface_is_float32_with_a_dynamic_batch(golden_exports, precision):
     inputs = {v.name: _dims(v) for v in graph.input}
     outputs = {v.name: _dims(v) for v in graph.output}
     FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-    assert inputs == {"frames": (["batch", 200, 1024], FLOAT), "word_ids": (["batch", 21], INT64),
-                      "words_len": (["batch"], INT64)}
+    assert inputs == {"frames": (["videos", 200, 1024], FLOAT), "video_index": (["batch"], INT64),
+                      "word_ids": (["batch", 21], INT64), "words_len": (["batch"], INT64)}
     assert outputs == {"center": (["batch"], FLOAT), "width": (["batch"], FLOAT)}
 
 
@@ -190,7 +191,8 @@ def test_random_inputs_cover_every_query_length():
     assert random_feed(spec, 1, rng)["words_len"].tolist() == [20]
     feed = random_feed(spec, 64, rng)
     assert set(feed["words_len"].tolist()) == set(range(1, 21))
-    assert feed["frames"].shape == (64, 200, 8) and feed["word_ids"].shape == (64, 21)
+    assert feed["frames"].shape == (32, 200, 8) and feed["word_ids"].shape == (64, 21)  # two queries a video
+    assert feed["video_index"].tolist() == [i // 2 for i in range(64)]
     assert feed["word_ids"].max() == 9 and (feed["word_ids"][:, 0] == 0).all()
     assert ((feed["word_ids"] > 0).sum(axis=1) == feed["words_len"]).all()
 
@@ -209,24 +211,28 @@ def test_every_original_config_exports_and_verifies(tmp_path, config, vocab_size
 
 
 def _analytic_flops(d, layers, frame_dim, pruned, frames=200, slots=21, word_dim=300, chunks=4):
-    """Matrix-product FLOPs of the generator counted by hand (2 per multiply-add). Pruned, the last frame
-    layer computes one position and the clips' causal self-attention runs in ``chunks`` slices of rows,
-    each against the keys up to its end."""
+    """Matrix-product FLOPs of the generator counted by hand (2 per multiply-add), as (per video, per query):
+    the clips' projection and the first frame layer's self-attention run once per video. Pruned, the last
+    frame layer computes one position and the clips' causal self-attention runs in ``chunks`` slices of
+    rows, each against the keys up to its end. ``layers`` >= 2."""
     def attention(queries, keys, products=None):  # projections of q, k, v, out; scores; weighted sum
         products = 2 * queries * keys * d if products is None else products
         return 2 * (2 * queries * d * d + 2 * keys * d * d + products)
 
-    def layer(queries, keys, memory=None, products=None):
-        cross = attention(queries, memory) if memory else 0
-        return attention(queries, keys, products) + cross + 2 * 2 * queries * d * 2 * d
+    def ffn(queries):
+        return 2 * 2 * queries * d * 2 * d
 
-    frame_layers = [layer(frames, frames, slots)] * layers
+    causal = None
     if pruned:
         rows = frames // chunks
-        chunked = sum(2 * rows * (i + 1) * rows * d for i in range(chunks))
-        frame_layers = [layer(frames, frames, slots, chunked)] * (layers - 1) + [layer(1, frames, slots)]
-    inputs = 2 * frames * frame_dim * d + 2 * slots * word_dim * d
-    return inputs + layers * layer(slots, slots) + sum(frame_layers) + 2 * d * 2
+        causal = sum(2 * rows * (i + 1) * rows * d for i in range(chunks))
+    per_video = 2 * frames * frame_dim * d + attention(frames, frames, causal)
+    after_self = attention(frames, slots) + ffn(frames)  # the rest of a full frame layer
+    last = 1 if pruned else frames
+    frame_layers = after_self + (layers - 2) * (attention(frames, frames, causal) + after_self)
+    frame_layers += attention(last, frames) + attention(last, slots) + ffn(last)
+    words = 2 * slots * word_dim * d + layers * (attention(slots, slots) + ffn(slots))
+    return per_video, words + frame_layers + 2 * d * 2
 
 
 @pytest.mark.parametrize("num_clips, chunks", [(200, 4), (37, 3), (8, 4)])
@@ -247,9 +253,9 @@ def test_pruned_graph_matches_the_full_one_with_fewer_flops(tmp_path):
     export_checkpoint(checkpoint, glove, tmp_path / "full.onnx", prune=False)
     export_checkpoint(checkpoint, glove, tmp_path / "pruned.onnx")
     full, pruned = graph_flops(tmp_path / "full.onnx"), graph_flops(tmp_path / "pruned.onnx")
-    assert full == _analytic_flops(256, 3, 1024, pruned=False)
-    assert pruned == _analytic_flops(256, 3, 1024, pruned=True)
-    assert 1.10e9 < full < 1.12e9 and pruned < 0.8 * full
+    assert (full.per_video, full.per_query) == _analytic_flops(256, 3, 1024, pruned=False)
+    assert (pruned.per_video, pruned.per_query) == _analytic_flops(256, 3, 1024, pruned=True)
+    assert 1.10e9 < full.per_query_at() < 1.12e9 and pruned.per_query_at() < 0.8 * full.per_query_at()
     feed = random_feed(spec_of(tmp_path / "full.onnx"), 7, np.random.default_rng(1))
     full_outputs = session(tmp_path / "full.onnx").run(None, feed)
     for expected, got in zip(full_outputs, session(tmp_path / "pruned.onnx").run(None, feed)):
@@ -264,7 +270,7 @@ def test_export_leaves_the_live_module_unchanged(tmp_path):
 
     def eager():
         with torch.no_grad():
-            return source.model.generate(feed["frames"], words, feed["words_len"])
+            return source.model.generate(feed["frames"], words, feed["words_len"], video_index=feed["video_index"])
 
     before = eager()
     state = {k: v.clone() for k, v in source.model.state_dict().items()}

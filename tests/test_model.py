@@ -39,6 +39,18 @@ def test_golden_one_query_at_a_time(golden_model, golden):
         assert abs(center[0] - golden["center"][i]) < 1e-5 and abs(width[0] - golden["width"][i]) < 1e-5
 
 
+@pytest.mark.parametrize("last_only", [False, True])
+def test_queries_sharing_a_video_get_what_they_get_alone(golden_model, golden, last_only):
+    """``video_index``: four videos read by eight queries give each query the outputs of its own copy."""
+    video_index = np.array([0, 1, 0, 2, 3, 3, 1, 0])
+    frames = golden["frames_feat"][:4]
+    words, lengths = golden["words_feat"][:8], golden["words_len"][:8]
+    shared = _generate(golden_model, frames, words, lengths, last_only=last_only,
+                       video_index=torch.from_numpy(video_index))
+    copies = _generate(golden_model, frames[video_index], words, lengths, last_only=last_only)
+    np.testing.assert_allclose(shared, copies, atol=1e-6, rtol=0)
+
+
 def test_padding_width_does_not_change_outputs(golden_model, golden):
     words = np.zeros((64, 21, 300), np.float32)
     words[:, :12] = golden["words_feat"]

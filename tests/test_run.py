@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cnm_runtime.archive import FeatureArchive
+from cnm_runtime.feed import one_video_per_query, take_queries
 from cnm_runtime.grounder import Grounder, Prediction
 from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
@@ -174,6 +175,19 @@ def test_named_provider_that_does_not_start_is_an_error(tiny_model):
         ModelSession(tiny_model, "cuda", max_batch=4)
 
 
+def test_a_file_exported_by_cnm_0_1_says_to_export_again(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    names = ("frames", "word_ids", "words_len")  # the inputs before video_index
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", [name], [f"{name}_out"]) for name in names], "old",
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names],
+        [onnx.helper.make_tensor_value_info(f"{name}_out", onnx.TensorProto.FLOAT, None) for name in names])
+    path = tmp_path / "old.onnx"
+    onnx.save(onnx.helper.make_model(graph, ir_version=9, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
+    with pytest.raises(ValueError, match="exported by cnm 0.1.0.*export the checkpoint again"):
+        ModelSession(path, "cpu")
+
+
 def test_tensorrt_options_cover_batch_one_to_max(tiny_model, tmp_path):
     spec = ModelSession(tiny_model, "cpu").spec
     chain = _provider_chain("auto", spec, max_batch=48, trt_cache_dir=tmp_path / "trt")
@@ -183,8 +197,8 @@ def test_tensorrt_options_cover_batch_one_to_max(tiny_model, tmp_path):
     assert name == PROVIDERS["tensorrt"] and chain[-1] == PROVIDERS["cpu"]
     assert options["trt_fp16_enable"] and options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
     assert options["trt_engine_cache_path"] == str(tmp_path / "trt") and (tmp_path / "trt").is_dir()
-    assert options["trt_profile_min_shapes"] == "frames:1x200x1024,word_ids:1x21,words_len:1"
-    assert options["trt_profile_max_shapes"] == "frames:48x200x1024,word_ids:48x21,words_len:48"
+    assert options["trt_profile_min_shapes"] == "frames:1x200x1024,video_index:1,word_ids:1x21,words_len:1"
+    assert options["trt_profile_max_shapes"] == "frames:48x200x1024,video_index:48,word_ids:48x21,words_len:48"
 
 
 # --- grounding -------------------------------------------------------------------------------------
@@ -199,6 +213,32 @@ def test_predictions_match_single_query_runs(tiny_model, archive):
         (single,), _ = ground_all(alone, archive, [record])
         assert abs(single["center"] - prediction["center"]) < 1e-5
         assert abs(single["width"] - prediction["width"]) < 1e-5
+
+
+def test_a_batch_holds_each_video_once(tiny_model, archive, monkeypatch):
+    """Queries of one video in a batch share its clips (and the graph's work on them), with the same predictions."""
+    records = [{"video": video, "query": "person opens the door"} for video in ("v0", "v1", "v0", "v2", "v1", "v0")]
+    records[2]["query"] = "person sits"
+    grounder = Grounder(tiny_model, batch_size=6, workers=0)
+    batches, run = [], grounder.session.run
+    monkeypatch.setattr(grounder.session, "run", lambda frames, video_index, *words: batches.append(
+        (len(frames), video_index.tolist())) or run(frames, video_index, *words))
+    predictions, errors = ground_all(grounder, archive, records)
+    assert errors == [] and batches == [(3, [0, 1, 0, 2, 1, 0])]
+    alone = Grounder(tiny_model, batch_size=1, workers=0)
+    for record, prediction in zip(records, predictions):
+        (single,), _ = ground_all(alone, archive, [record])
+        assert abs(single["center"] - prediction["center"]) < 1e-5 and abs(single["width"] - prediction["width"]) < 1e-5
+
+
+def test_a_batch_of_some_queries_keeps_only_their_videos():
+    feed = {"frames": np.arange(4.0)[:, None, None] * np.ones((4, 2, 3), np.float32),
+            "video_index": np.array([2, 0, 2, 3, 1]), "word_ids": np.arange(5)[:, None], "words_len": np.arange(5)}
+    batch = take_queries(feed, np.array([0, 2, 3]))
+    assert batch["video_index"].tolist() == [0, 0, 1] and batch["frames"][:, 0, 0].tolist() == [2, 3]
+    assert batch["words_len"].tolist() == [0, 2, 3]
+    alone = one_video_per_query(batch)
+    assert alone["frames"][:, 0, 0].tolist() == [2, 2, 3] and alone["video_index"].tolist() == [0, 1, 2]
 
 
 def test_prediction_record_layout(tiny_model, archive):
