@@ -69,6 +69,9 @@ TRICKY_SENTENCES = [
     "can't won't gonna gimme wanna lemme d'ye 'tis 'twas", "A person... opens it?! No; yes: maybe.",
     "prices: $3.88, 3,36 euros & 50% off", "«guillemets» “curly” ‘quotes’ „low”", "end.'\"", "  spaced   out  ",
     "E-mail me at a@b.com / http://x.org", "Mr. Smith's dog; the dogs' bowls", "",
+    # plain sentences (letters, single spaces, a final period or none) take a fast path
+    "Person opens the door.", "person opens the door", "X.", "The person cannot open it.",
+    "gonna gotta lemme gimme wanna go", "a person holds a cup..", "person opens the door. ", " person sits.",
 ]
 
 
