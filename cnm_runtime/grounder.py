@@ -45,14 +45,7 @@ class Prediction:
     center: float
     width: float  # already times max_width
     span: tuple[float, float]  # fractions of the video, clipped to [0, 1]
-
-    @property
-    def iou(self) -> float | None:
-        """IoU with the ground truth, as the original evaluation computes it; None without one."""
-        if self.query.timestamps is None or self.duration is None:
-            return None
-        truth = np.array([self.query.timestamps]) / self.duration
-        return float(temporal_iou(np.array([self.span]), truth)[0])
+    iou: float | None  # with the ground truth, as the original evaluation computes it; None without one
 
     def record(self) -> dict[str, Any]:
         """One output line: the Moment-DETR layout (windows in seconds when the duration is known)."""
@@ -68,9 +61,8 @@ class Prediction:
             "dropped_words": list(self.encoded.dropped),
             "truncated": self.encoded.truncated,
         }
-        iou = self.iou
-        if iou is not None:
-            record["iou"] = iou
+        if self.iou is not None:
+            record["iou"] = self.iou
         return record
 
 
@@ -120,6 +112,17 @@ class FrameBuffers:
         return array
 
 
+def _ious(batch: list[_Ready], spans: np.ndarray) -> list[float | None]:
+    """Each query's IoU with its ground truth, one call for the batch; None where it has none."""
+    ious: list[float | None] = [None] * len(batch)
+    rows = [row for row, ready in enumerate(batch) if ready.query.timestamps is not None and ready.duration is not None]
+    if rows:
+        truth = np.array([batch[row].query.timestamps for row in rows]) / np.array([[batch[row].duration] for row in rows])
+        for row, iou in zip(rows, temporal_iou(spans[rows].astype(np.float64), truth)):
+            ious[row] = float(iou)
+    return ious
+
+
 def default_workers() -> int:
     """Reader processes: one per core beyond the first two, at most 8 (one reads a few hundred videos a
     second). On 2 cores or fewer the batching thread reads itself: a reader process only competes with
@@ -156,9 +159,10 @@ class Grounder:
                 continue
             center, width = self.session.run(item.frames, item.video_index, item.word_ids, item.words_len)
             spans = spans_from_gaussian(center, width)
-            for ready, c, w, span in zip(item.items, center, width, spans):
+            ious = _ious(item.items, spans)
+            for ready, c, w, span, iou in zip(item.items, center, width, spans, ious):
                 yield Prediction(ready.query, ready.encoded, ready.duration, float(c), float(w),
-                                 (float(span[0]), float(span[1])))
+                                 (float(span[0]), float(span[1])), iou)
 
     def _batches(self, archive: str | Path, queries: Iterator[Query | QueryError]) -> Iterator[_Batch | QueryError]:
         buffers = FrameBuffers(self.batch_size, self.spec.max_num_frames, self.spec.frame_dim)
