@@ -110,7 +110,8 @@ def _accuracy_table(results: dict[str, Any]) -> list[str]:
 def _targets(results: dict[str, Any]) -> list[str]:
     lines = ["### Targets", ""]
     for target in results["targets"]:
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[target["met"]]
+        verdict = {True: "met", False: "NOT met", None: "not measured" if target["value"] is None else "not judged"}[
+            target["met"]]
         lines.append(f"- {target['target']}: {_number(target['value'], 3)} ({verdict})")
     return lines
 

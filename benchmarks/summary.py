@@ -54,8 +54,10 @@ def _target(text: str, value: float | None, bound: float, at_least: bool) -> dic
     return {"target": text, "value": value, "bound": bound, "met": met}
 
 
-def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, batch: int) -> list[dict[str, Any]]:
-    """The issue's targets at ``batch``; ``met`` is None where an engine they need did not run."""
+def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, batch: int,
+                  videos_shared: bool = True) -> list[dict[str, Any]]:
+    """The issue's targets at ``batch``; ``met`` is None where an engine they need did not run, and for the
+    end-to-end ratio when the model-only batches shared no video (cnm-run's always do: not comparable)."""
     def qps(name: str) -> float | None:
         speed = engines[name].get("speed", {}).get(str(batch))
         return speed["queries_per_s"]["median"] if speed else None
@@ -65,6 +67,10 @@ def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, b
         return abs(ours[metric] - fp32[metric]) if ours and fp32 else None
 
     e2e_qps = end_to_end["queries_per_s"]["median"] if end_to_end else None
+    e2e = _target(f"end-to-end cnm-run >= 0.85x model-only ONNX Runtime fp32 at batch {batch}",
+                  ratio(e2e_qps, qps("ort-fp32")), 0.85, at_least=True)
+    if not videos_shared:
+        e2e = {**e2e, "met": None, "target": e2e["target"] + " (not judged: the model-only batches shared no video)"}
     return [
         _target(f"ONNX Runtime fp32 >= 1.8x PyTorch eager queries/s at batch {batch}",
                 ratio(qps("ort-fp32"), qps(REFERENCE)), 1.8, at_least=True),
@@ -74,6 +80,5 @@ def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, b
                 at_least=False),
         _target("int8 mIoU within 1 point of fp32 (ONNX Runtime)", metric_change("ort-int8", "mIoU"), 0.01,
                 at_least=False),
-        _target(f"end-to-end cnm-run >= 0.85x model-only ONNX Runtime fp32 at batch {batch}",
-                ratio(e2e_qps, qps("ort-fp32")), 0.85, at_least=True),
+        e2e,
     ]

@@ -104,6 +104,8 @@ def test_summary_figures():
     met = [t["met"] for t in check_targets(engines, {"queries_per_s": {"median": 180}}, 64)]
     assert met == [True, True, False, False, True]
     assert check_targets({**engines, "ort-int8": {}}, None, 64)[1]["met"] is None
+    unshared = check_targets(engines, {"queries_per_s": {"median": 180}}, 64, videos_shared=False)[4]
+    assert unshared["met"] is None and unshared["value"] == 0.9 and "not judged" in unshared["target"]
 
 
 def test_an_engine_that_cannot_start_answers_why(tmp_path):
@@ -125,3 +127,19 @@ def test_an_engine_that_cannot_start_answers_why(tmp_path):
         assert len(worker.ask({"cmd": "measure", "batch_size": 1, "batches": 2})["latencies_s"]) == 2
     finally:
         worker.close()
+
+
+def test_model_only_batches_share_videos_unless_told_not_to(tmp_path):
+    glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(20)])
+    model = tmp_path / "model.onnx"
+    export_checkpoint(write_checkpoint(tmp_path / "model.pt", vocab_size=20, glove_path=glove), glove, model)
+    feed = tmp_path / "feed.npz"
+    np.savez(feed, frames=np.ones((2, 200, 1024), np.float32), video_index=np.array([0, 0, 1, 1]),
+             word_ids=np.ones((4, 21), np.int64), words_len=np.full(4, 20, np.int64))
+    options = ["--inputs", str(feed), "--model", str(model), "--threads", "1", "--max-batch", "4"]
+    for extra, videos in (([], [2, 2]), (["--one-video-per-query"], [4, 4])):
+        worker = Worker("ort-fp32", options + extra, {})
+        try:
+            assert worker.ask({"cmd": "measure", "batch_size": 4, "batches": 2})["videos"] == videos
+        finally:
+            worker.close()
