@@ -30,16 +30,33 @@ def clip_boundaries(num_rows: int, num_clips: int) -> np.ndarray:
     return bounds
 
 
-def resample_clips(features: np.ndarray, num_clips: int = 200) -> np.ndarray:
-    """Clip j is the mean of rows ``[b_j, b_j+1)``, or row ``b_j`` when the two are equal.
+def resample_rows(features: np.ndarray, num_clips: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """``(source, rows)`` with clip j = ``source[rows[j]]``, without building the clips when that can wait.
 
-    Results match the original's per-clip float32 ``mean`` bit for bit. A clip of one row is that row and
-    a clip of two is their sum halved (exact in float32), so videos of up to 2 * num_clips rows, the usual
-    case, need no Python loop; longer clips still take numpy's own ``mean``.
+    Where no clip spans two rows or more (videos of up to ``num_clips`` rows, the usual case), ``source`` is
+    ``features`` itself and ``rows`` picks one row per clip, so the clips are gathered only where they are
+    needed (cnm-run gathers them straight into a batch); otherwise ``source`` holds the resampled clips.
     """
     features = np.asarray(features, dtype=np.float32)
     bounds = clip_boundaries(len(features), num_clips)
     starts, lengths = bounds[:-1], np.diff(bounds)
+    if lengths.max() < 2:
+        return features, starts
+    return _mean_clips(features, starts, lengths), np.arange(num_clips)
+
+
+def resample_clips(features: np.ndarray, num_clips: int = 200) -> np.ndarray:
+    """Clip j is the mean of rows ``[b_j, b_j+1)``, or row ``b_j`` when the two are equal.
+
+    Results match the original's per-clip float32 ``mean`` bit for bit (see ``_mean_clips``).
+    """
+    source, rows = resample_rows(features, num_clips)
+    return source[rows]
+
+
+def _mean_clips(features: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """A clip of one row is that row and a clip of two is their sum halved (exact in float32), so videos of
+    up to 2 * num_clips rows need no Python loop; longer clips still take numpy's own ``mean``."""
     clips = features[starts]
     pairs = np.flatnonzero(lengths == 2)
     if len(pairs):

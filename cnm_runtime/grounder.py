@@ -30,7 +30,7 @@ from cnm_runtime.queries import Query, QueryError, as_queries
 from cnm_runtime.session import ModelSession, available_cores
 from cnm_runtime.spans import spans_from_gaussian, temporal_iou
 from cnm_runtime.text import EncodedQuery, pad_word_ids
-from cnm_runtime.videos import VideoError, VideoReader
+from cnm_runtime.videos import Clips, VideoError, VideoReader
 
 # CNM predicts one window per query and no confidence; the window's score is this constant.
 WINDOW_SCORE = 1.0
@@ -79,7 +79,7 @@ class _Waiting:
 class _Ready:
     query: Query
     encoded: EncodedQuery
-    frames: np.ndarray
+    clips: Clips
     duration: float | None
 
 
@@ -95,7 +95,7 @@ class _Batch:
 class FrameBuffers:
     """A ring of reused ``[batch, clips, dim]`` arrays for stacking batches.
 
-    A fresh array per batch (tens of MB) costs more in page faults than copying the clips into it. The
+    A fresh array per batch (tens of MB) costs more in page faults than gathering the clips into it. The
     ring holds as many arrays as batches can be alive at once: one being run, ``BATCHES_AHEAD`` waiting
     and one being filled, so an array is refilled only after the batch that used it has run.
     """
@@ -104,11 +104,11 @@ class FrameBuffers:
         self._arrays = [np.empty((batch_size, num_clips, frame_dim), np.float32) for _ in range(BATCHES_AHEAD + 2)]
         self._next = 0
 
-    def fill(self, frames: list[np.ndarray]) -> np.ndarray:
-        array = self._arrays[self._next][: len(frames)]
+    def fill(self, videos: list[Clips]) -> np.ndarray:
+        array = self._arrays[self._next][: len(videos)]
         self._next = (self._next + 1) % len(self._arrays)
-        for row, clips in enumerate(frames):
-            array[row] = clips
+        for row, clips in enumerate(videos):
+            clips.gather_into(array[row])
         return array
 
 
@@ -208,16 +208,16 @@ class Grounder:
         if duration is not None and not duration > 0:
             return QueryError(query.qid, query.line, "bad_duration",
                               f"line {query.line}: video {query.video!r} has duration {duration} in the archive")
-        return _Ready(query, item.encoded, clips.frames, duration)
+        return _Ready(query, item.encoded, clips, duration)
 
     def _stack(self, batch: list[_Ready], buffers: FrameBuffers) -> _Batch:
         """Each video's clips go into the batch once, however many of its queries the batch holds."""
         rows: dict[str, int] = {}  # video -> its row of frames
-        clips: list[np.ndarray] = []
+        videos: list[Clips] = []
         for ready in batch:
             if ready.query.video not in rows:
-                rows[ready.query.video] = len(clips)
-                clips.append(ready.frames)
+                rows[ready.query.video] = len(videos)
+                videos.append(ready.clips)
         video_index = np.array([rows[ready.query.video] for ready in batch], np.int64)
         word_ids, words_len = pad_word_ids([ready.encoded for ready in batch], self.spec.word_slots)
-        return _Batch(batch, buffers.fill(clips), video_index, word_ids, words_len)
+        return _Batch(batch, buffers.fill(videos), video_index, word_ids, words_len)

@@ -19,13 +19,25 @@ import numpy as np
 
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.errors import InputError
-from cnm_runtime.features import resample_clips, validate_features
+from cnm_runtime.features import resample_rows, validate_features
 
 
 @dataclass(frozen=True)
 class Clips:
-    frames: np.ndarray  # [num_clips, frame_dim] float32, what the model reads
+    """A video's clips as ``source[rows]`` (see ``resample_rows``): gathered where they are needed."""
+
+    source: np.ndarray  # [n, frame_dim] float32: the video's rows, or its resampled clips
+    rows: np.ndarray  # [num_clips]: the row of source that each clip is
     duration: float | None  # seconds, from the archive's ``duration`` attribute
+
+    @property
+    def frames(self) -> np.ndarray:
+        """``[num_clips, frame_dim]`` float32, what the model reads."""
+        return self.source[self.rows]
+
+    def gather_into(self, out: np.ndarray) -> None:
+        """Write ``frames`` into ``out`` without building them first."""
+        np.take(self.source, self.rows, axis=0, out=out)
 
 
 @dataclass(frozen=True)
@@ -45,8 +57,8 @@ def load_clips(archive: FeatureArchive, video: str, frame_dim: int, num_clips: i
     except Exception as error:  # a damaged dataset must not end the run
         raise InputError("unreadable_video",
                          f"video {video!r}: cannot read it ({type(error).__name__}: {error})") from error
-    frames = resample_clips(validate_features(raw, frame_dim, video), num_clips)
-    return Clips(frames, duration)
+    source, rows = resample_rows(validate_features(raw, frame_dim, video), num_clips)
+    return Clips(source, rows, duration)
 
 
 # The worker process's own archive, opened by the pool's initializer.

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from cnm_runtime import InputError, Vocabulary, resample_clips, validate_features
+from cnm_runtime.features import resample_rows
+from cnm_runtime.videos import Clips
 from cnm_runtime.archive import FeatureArchive
 from nltk.tokenize import word_tokenize
 
@@ -118,6 +120,18 @@ def test_resample_short_and_long_sequences():
     np.testing.assert_array_equal(clips, [[1, 2], [4, 5], [6, 7], [8, 9]])
     one = resample_clips(np.ones((1, 3), np.float32), 200)
     assert one.shape == (200, 3) and (one == 1).all()
+
+
+@pytest.mark.parametrize("num_rows", [1, 90, 200, 201, 450])
+def test_short_videos_keep_their_rows_until_the_clips_are_gathered(num_rows):
+    raw = np.random.default_rng(num_rows).random((num_rows, 3), dtype=np.float32)
+    source, rows = resample_rows(raw, 200)
+    assert (source is raw) == (num_rows <= 200) and len(rows) == 200
+    clips = Clips(source, rows, None)
+    out = np.empty((200, 3), np.float32)
+    clips.gather_into(out)
+    np.testing.assert_array_equal(out, resample_clips(raw, 200))
+    np.testing.assert_array_equal(clips.frames, out)
 
 
 @pytest.mark.parametrize(
