@@ -1,6 +1,8 @@
 """Raw clip features of any length -> exactly ``num_clips`` clips, as the original datasets do it."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from cnm_runtime.errors import InputError
@@ -38,11 +40,21 @@ def resample_rows(features: np.ndarray, num_clips: int = 200) -> tuple[np.ndarra
     needed (cnm-run gathers them straight into a batch); otherwise ``source`` holds the resampled clips.
     """
     features = np.asarray(features, dtype=np.float32)
-    bounds = clip_boundaries(len(features), num_clips)
-    starts, lengths = bounds[:-1], np.diff(bounds)
-    if lengths.max() < 2:
+    starts, lengths, longest = _clip_plan(len(features), num_clips)
+    if longest < 2:
         return features, starts
     return _mean_clips(features, starts, lengths), np.arange(num_clips)
+
+
+@lru_cache(maxsize=4096)
+def _clip_plan(num_rows: int, num_clips: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each clip's first row and row count (read-only), and the largest count: the same for every video of
+    ``num_rows`` rows, and cnm-run resamples video after video."""
+    bounds = clip_boundaries(num_rows, num_clips)
+    starts, lengths = bounds[:-1], np.diff(bounds)
+    starts.setflags(write=False)
+    lengths.setflags(write=False)
+    return starts, lengths, int(lengths.max())
 
 
 def resample_clips(features: np.ndarray, num_clips: int = 200) -> np.ndarray:
