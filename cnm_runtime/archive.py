@@ -7,6 +7,7 @@ all calls behind one lock, and a handle must not cross a fork.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -26,6 +27,8 @@ class FeatureArchive:
             self._file = h5py.File(self.path, "r")
         except (OSError, FileNotFoundError) as error:
             raise FileNotFoundError(f"cannot open feature archive {self.path}: {error}") from error
+        # HDF5's own descriptor of the file, for reading contiguous datasets straight (see _read_all)
+        self._fd = self._file.id.get_vfd_handle() if self._file.driver == "sec2" else None
 
     def __enter__(self) -> "FeatureArchive":
         return self
@@ -70,7 +73,7 @@ class FeatureArchive:
 
     def read(self, video: str) -> np.ndarray:
         """The raw ``[L, D]`` features of ``video`` (as stored; validate before use)."""
-        return _read_all(self._lookup(video)[0])
+        return self._read_all(self._lookup(video)[0])
 
     def duration(self, video: str) -> float | None:
         """The ``duration`` attribute (seconds) of the video's dataset or group, if any."""
@@ -82,14 +85,21 @@ class FeatureArchive:
     def load(self, video: str) -> tuple[np.ndarray, float | None]:
         """``read`` and ``duration`` with one look-up: what batch readers call per video."""
         dataset, node = self._lookup(video)
-        return _read_all(dataset), _duration_of(node, dataset)
+        return self._read_all(dataset), _duration_of(node, dataset)
 
+    def _read_all(self, dataset: h5py.h5d.DatasetID) -> np.ndarray:
+        """The whole dataset as a new array (``dataset[()]`` without the high-level machinery).
 
-def _read_all(dataset: h5py.h5d.DatasetID) -> np.ndarray:
-    """The whole dataset as a new array (``dataset[()]`` without the high-level machinery)."""
-    values = np.empty(dataset.shape, dataset.dtype)
-    dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
-    return values
+        A contiguous dataset of numbers, the usual way archives are written, is read from its bytes in the
+        file (``get_offset`` is HDF5's absolute offset of them; the values are as stored, byte order
+        included): half the time of HDF5's read for a video of the demo's archive. Chunked, compressed,
+        compact or external data, and anything but numbers, go through HDF5.
+        """
+        values = np.empty(dataset.shape, dataset.dtype)
+        offset = dataset.get_offset() if self._fd is not None and values.dtype.kind in "fiu" else None
+        if offset is None or not values.nbytes or os.preadv(self._fd, [values], offset) != values.nbytes:
+            dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, values)
+        return values
 
 
 def _duration_of(*holders: h5py.h5o.ObjectID) -> float | None:

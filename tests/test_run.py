@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cnm_runtime.archive import FeatureArchive
+from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.feed import one_video_per_query, take_queries
 from cnm_runtime.grounder import Grounder, Prediction
 from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
@@ -157,6 +157,29 @@ def test_original_annotation_list(tmp_path):
     assert (broken.qid, broken.code) == (1, "malformed_entry")
     assert (zero.qid, zero.code) == (2, "bad_duration")
     assert count_queries(path) == 3
+
+
+# --- archives --------------------------------------------------------------------------------------
+
+def test_archive_reads_every_storage_layout_alike(tmp_path):
+    """Contiguous numbers are read from the file's bytes, everything else through HDF5: the same values."""
+    features = np.random.default_rng(0).random((37, 8), dtype=np.float32)
+    path = tmp_path / "layouts.hdf5"
+    with h5py.File(path, "w", userblock_size=1024) as out:  # a user block shifts every offset
+        out["contiguous"] = features
+        out["big_endian"] = features.astype(">f4")
+        out["float64"] = features.astype(np.float64)
+        out.create_dataset("chunked", data=features, chunks=(5, 8), compression="gzip")
+        out.create_dataset("external", shape=features.shape, dtype=np.float32,
+                           external=[(str(tmp_path / "raw.bin"), 0, features.nbytes)])[...] = features
+        out.create_group("group")[C3D_DATASET] = features
+        out["empty"] = np.zeros((0, 8), np.float32)
+        out["strings"] = np.array([b"ab", b"cd"])
+    with FeatureArchive(path) as archive:
+        for video in ("contiguous", "big_endian", "float64", "chunked", "external", "group"):
+            np.testing.assert_array_equal(archive.read(video), features)
+        assert archive.read("big_endian").dtype == np.dtype(">f4")
+        assert archive.read("empty").shape == (0, 8) and archive.read("strings").tolist() == [b"ab", b"cd"]
 
 
 # --- sessions and providers ------------------------------------------------------------------------
