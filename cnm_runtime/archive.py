@@ -104,11 +104,12 @@ class FeatureArchive:
 
 def _duration_of(*holders: h5py.h5o.ObjectID) -> float | None:
     """The ``duration`` attribute of the first of ``holders`` that has one (the video's node, then its
-    features dataset)."""
+    features dataset), converted to float64 by HDF5 (asking h5py for its stored type cost half the time;
+    a duration that is not a number fails here, and its video is reported unreadable)."""
     for holder in holders:
         if h5py.h5a.exists(holder, b"duration"):
             attribute = h5py.h5a.open(holder, b"duration")
-            value = np.empty(attribute.shape, attribute.dtype)
-            attribute.read(value)
+            value = np.empty(attribute.shape, np.float64)
+            attribute.read(value, mtype=h5py.h5t.NATIVE_DOUBLE)
             return float(value)
     return None
