@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The benchmark's GPU engines on a lent GPU machine, as one command of the `device` tool.
+#
+# That machine has its own image: python3 with PyTorch (CUDA), onnxruntime, h5py, click, tqdm and
+# matplotlib, but no nltk and nothing to download from. Prepare here, in the repository root, once:
+#
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux2014_x86_64 -d .whl nltk==3.10.4 defusedxml
+#   cnm-demo                                     # runs/demo/model-best.pt, the model benchmarked
+#
+# then run `bash benchmarks/device_check.sh` there with carry [".whl", "runs/demo/model-best.pt"] and a
+# timeout of about 9 minutes. It installs cnm without dependencies, remakes the demo's data (cnm-synth
+# --default is deterministic), prints what the image's onnxruntime can run, and writes the benchmark's
+# JSON, markdown and plot, and a log, to $OUT. Engines the image cannot run are reported as not run.
+set -euo pipefail
+OUT=${OUT:-/tmp/cnm-device-out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/device_check.log") 2>&1
+
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/cnm-deps .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --prefix /tmp/cnm .
+site=$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "/tmp/cnm"}))')
+export PYTHONPATH="/tmp/cnm-deps:$site:$PWD" PATH="/tmp/cnm/bin:$PATH" PYTHONUNBUFFERED=1
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi here"
+python3 - <<'PY'
+import onnxruntime, torch
+print("torch", torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")
+print("onnxruntime", onnxruntime.__version__, onnxruntime.get_available_providers())
+PY
+
+cnm-synth --default -o /tmp/demo-data
+python3 -m benchmarks.run --checkpoint runs/demo/model-best.pt --vocab /tmp/demo-data/glove.pkl \
+    --features /tmp/demo-data/features.hdf5 --queries /tmp/demo-data/queries.jsonl --out-dir "$OUT"
