@@ -18,10 +18,10 @@ OUT=${OUT:-/tmp/cnm-device-out}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/device_check.log") 2>&1
 
+# --target leaves the environment's own packages alone (a --prefix install would uninstall a cnm there)
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/cnm-deps .whl/*.whl
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --prefix /tmp/cnm .
-site=$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib", vars={"base": "/tmp/cnm"}))')
-export PYTHONPATH="/tmp/cnm-deps:$site:$PWD" PATH="/tmp/cnm/bin:$PATH" PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/cnm .
+export PYTHONPATH="/tmp/cnm-deps:/tmp/cnm:$PWD" PATH="/tmp/cnm/bin:$PATH" PYTHONUNBUFFERED=1
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi here"
 python3 - <<'PY'
