@@ -1,8 +1,9 @@
 """Read and resample videos in worker processes, each video once while it is in use.
 
 h5py serialises every call behind one lock, so threads cannot read in parallel: each worker process
-opens the archive itself after it starts (a handle must not cross a fork) and returns the resampled
-clips, which are small whatever the length of the video. ``VideoReader.submit`` hands out one future
+opens the archive itself after it starts (a handle must not cross a fork) and returns the video's clips
+(``Clips``: its rows when it has at most one row per clip, else the resampled clips), which are small
+whatever the length of the video. ``VideoReader.submit`` hands out one future
 per video and keeps the most recent ``keep`` of them, so queries of the same video that come close
 together (as the original annotation files order them) share one read.
 """
