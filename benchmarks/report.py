@@ -90,7 +90,8 @@ def _accuracy_table(results: dict[str, Any]) -> list[str]:
     lines = [
         f"### Accuracy on the {results['inputs']['queries_used']} labelled queries",
         "",
-        "| engine | " + " | ".join(ACCURACY_METRICS) + " | max abs d center | max abs d width | GFLOPs per query | of which per video |",
+        "| engine | " + " | ".join(ACCURACY_METRICS)
+        + " | max abs d center | max abs d width | GFLOPs per query | of which per video |",
         "|---|" + "---:|" * (len(ACCURACY_METRICS) + 4),
     ]
     for engine in results["engines"].values():

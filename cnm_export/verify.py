@@ -108,7 +108,8 @@ def random_feed(spec: ModelSpec, batch: int, rng: np.random.Generator) -> Feed:
     vocab_size = len(spec.words) + 1
     queries = [EncodedQuery(tuple(rng.integers(1, vocab_size, n).tolist()), (), (), False) for n in lengths]
     word_ids, words_len = pad_word_ids(queries, spec.word_slots)
-    return {"frames": frames, "video_index": np.arange(batch, dtype=np.int64) // 2, "word_ids": word_ids, "words_len": words_len}
+    return {"frames": frames, "video_index": np.arange(batch, dtype=np.int64) // 2, "word_ids": word_ids,
+            "words_len": words_len}
 
 
 def _compare(case: str, ours: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray],

@@ -115,10 +115,12 @@ class FrameBuffers:
 def _ious(batch: list[_Ready], spans: np.ndarray) -> list[float | None]:
     """Each query's IoU with its ground truth, one call for the batch; None where it has none."""
     ious: list[float | None] = [None] * len(batch)
-    rows = [row for row, ready in enumerate(batch) if ready.query.timestamps is not None and ready.duration is not None]
-    if rows:
-        truth = np.array([batch[row].query.timestamps for row in rows]) / np.array([[batch[row].duration] for row in rows])
-        for row, iou in zip(rows, temporal_iou(spans[rows].astype(np.float64), truth)):
+    labelled = [row for row, ready in enumerate(batch)
+                if ready.query.timestamps is not None and ready.duration is not None]
+    if labelled:
+        seconds = np.array([batch[row].query.timestamps for row in labelled])
+        truth = seconds / np.array([[batch[row].duration] for row in labelled])
+        for row, iou in zip(labelled, temporal_iou(spans[labelled].astype(np.float64), truth)):
             ious[row] = float(iou)
     return ious
 
