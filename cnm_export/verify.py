@@ -129,18 +129,18 @@ class LabelledSet:
     rows: list[int]
 
 
-def _prepare(query: Query, spec: ModelSpec, vocabulary: Vocabulary, archive: FeatureArchive
-             ) -> tuple[EncodedQuery, np.ndarray]:
-    """Word ids and clips of one labelled query; InputError names what is wrong."""
+def _encode_labelled(query: Query | QueryError, vocabulary: Vocabulary, max_num_words: int) -> EncodedQuery:
+    """Word ids of one labelled query; InputError names what is wrong."""
+    if isinstance(query, QueryError):
+        raise InputError(query.code, query.message)
     if query.timestamps is None or query.duration is None:
         raise InputError("no_ground_truth", f"line {query.line}: a labelled query needs timestamps and duration")
-    encoded = vocabulary.encode(query.sentence, spec.max_num_words, name=f"line {query.line}")
-    return encoded, load_clips(archive, query.video, spec.frame_dim, spec.max_num_frames).frames
+    return vocabulary.encode(query.sentence, max_num_words, name=f"line {query.line}")
 
 
 def load_labelled_set(directory: str | Path, spec: ModelSpec) -> LabelledSet:
-    """``queries.jsonl`` and ``features.hdf5`` read and prepared as cnm-run does it (each video once); a query
-    that cannot be prepared is logged and skipped."""
+    """``queries.jsonl`` and ``features.hdf5`` read and prepared as cnm-run does it (each video read once);
+    a query that cannot be prepared is logged and skipped."""
     directory = Path(directory)
     vocabulary = spec.vocabulary()
     frames, video_index, queries, truth, rows = [], [], [], [], []
@@ -148,16 +148,14 @@ def load_labelled_set(directory: str | Path, spec: ModelSpec) -> LabelledSet:
     with FeatureArchive(directory / "features.hdf5") as archive:
         for query in read_queries(directory / "queries.jsonl"):
             try:
-                if isinstance(query, QueryError):
-                    raise InputError(query.code, query.message)
-                encoded, clips = _prepare(query, spec, vocabulary, archive)
+                encoded = _encode_labelled(query, vocabulary, spec.max_num_words)
+                if query.video not in video_rows:
+                    frames.append(load_clips(archive, query.video, spec.frame_dim, spec.max_num_frames).frames)
+                    video_rows[query.video] = len(frames) - 1
             except InputError as error:
                 log.warning("skipped: %s", error.message)
                 continue
             queries.append(encoded)
-            if query.video not in video_rows:
-                video_rows[query.video] = len(frames)
-                frames.append(clips)
             video_index.append(video_rows[query.video])
             truth.append([moment / query.duration for moment in query.timestamps])
             rows.append(query.line - 1)
