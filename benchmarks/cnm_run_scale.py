@@ -2,6 +2,7 @@
 
     python benchmarks/cnm_run_scale.py throughput --model M.onnx   # end-to-end vs model-only queries/s
     python benchmarks/cnm_run_scale.py memory --model M.onnx       # peak RSS as the archive grows
+    python benchmarks/cnm_run_scale.py settings --model M.onnx     # end to end at each --threads, --workers
 
 ``throughput`` grounds every query of a synthetic archive (default 500 videos of 100-400 rows,
 4 queries each) and runs the model alone on ready-made batches of the same size and the same
@@ -9,6 +10,7 @@ sharing of videos (4 queries a video), alternating the
 two ``--repeats`` times; the ratio says how much of the model's speed the reading, resampling and
 tokenizing leave. ``memory`` grounds archives of growing size in fresh processes and reports each
 peak RSS (main process, and the largest reader process): it should not grow with the archive.
+``settings`` grounds one archive at each pair of ``--threads`` and ``--workers``: which to pick on a machine.
 """
 from __future__ import annotations
 
@@ -30,15 +32,16 @@ from cnm_runtime.session import ModelSession
 from cnm_runtime.text import pad_word_ids
 
 
-def make_archive(folder: Path, spec, videos: int, queries_per_video: int, seed: int = 0) -> tuple[Path, Path]:
-    """An uncompressed archive of ``videos`` random videos (100-400 rows) and queries from the model's words."""
+def make_archive(folder: Path, spec, videos: int, queries_per_video: int, seed: int = 0,
+                 compression: str | None = None) -> tuple[Path, Path]:
+    """An archive of ``videos`` random videos (100-400 rows) and queries from the model's words."""
     rng = np.random.default_rng(seed)
     archive, queries = folder / f"archive_{videos}.hdf5", folder / f"queries_{videos}.jsonl"
     with h5py.File(archive, "w") as out, open(queries, "w") as lines:
         for v in range(videos):
             rows = int(rng.integers(100, 401))
             features = np.maximum(rng.standard_normal((rows, spec.frame_dim), dtype=np.float32), 0)
-            out.create_dataset(f"v{v:05d}", data=features).attrs["duration"] = rows / 4.0
+            out.create_dataset(f"v{v:05d}", data=features, compression=compression).attrs["duration"] = rows / 4.0
             for _ in range(queries_per_video):
                 words = rng.choice(spec.words, size=int(rng.integers(4, 13)))
                 lines.write(json.dumps({"video": f"v{v:05d}", "query": " ".join(words)}) + "\n")
@@ -92,11 +95,11 @@ def main() -> None:
 @click.option("--videos", default=500, show_default=True)
 @click.option("--queries-per-video", default=4, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
-@click.option("--threads", default=0, show_default=True, help="0: one per core")
-@click.option("--workers", default=None, type=int, help="default: as cnm-run")
+@click.option("--threads", default=0, show_default=True, help="0: as cnm-run")
+@click.option("--workers", default=0, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
 def throughput(model: Path, videos: int, queries_per_video: int, batch_size: int, threads: int,
-               workers: int | None, repeats: int) -> None:
+               workers: int, repeats: int) -> None:
     """End-to-end queries/s against model-only queries/s at the same batch size."""
     grounder = Grounder(model, provider="cpu", threads=threads or None, batch_size=batch_size, workers=workers)
     with tempfile.TemporaryDirectory() as folder:
@@ -140,6 +143,34 @@ def memory(model: Path, sizes: str, batch_size: int, workers: int) -> None:
             result.update(videos=videos, archive_mb=round(archive.stat().st_size / 2**20))
             print(json.dumps(result), flush=True)
             archive.unlink()
+
+
+def _counts(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+@main.command()
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--threads", default="2,4,8", show_default=True, help="ONNX Runtime threads to try")
+@click.option("--workers", default="0,2", show_default=True, help="reader processes to try")
+@click.option("--videos", default=500, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="of the archive's datasets")
+@click.option("--repeats", default=3, show_default=True)
+def settings(model: Path, threads: str, workers: str, videos: int, batch_size: int, compression: str | None,
+             repeats: int) -> None:
+    """End-to-end queries/s (median of the repeats) at each pair of --threads and --workers."""
+    with tempfile.TemporaryDirectory() as folder:
+        spec = ModelSession(model, "cpu").spec
+        archive, queries = make_archive(Path(folder), spec, videos, 4, compression=compression)
+        for thread_count in _counts(threads):
+            for worker_count in _counts(workers):
+                grounder = Grounder(model, provider="cpu", threads=thread_count, batch_size=batch_size,
+                                    workers=worker_count)
+                end_to_end(grounder, archive, queries)  # warm-up
+                rates = [end_to_end(grounder, archive, queries)[0] for _ in range(repeats)]
+                print(json.dumps({"threads": thread_count, "workers": worker_count, "compression": compression,
+                                  "end_to_end_qps": round(statistics.median(rates), 1)}), flush=True)
 
 
 @main.command("one-run", hidden=True)

@@ -49,7 +49,7 @@ from cnm_export.export import DEFAULT_OPSET, export_model, load_source
 from cnm_export.flops import Flops, graph_flops
 from cnm_runtime.model_spec import ModelSpec
 from cnm_runtime.outputs import write_json_atomic
-from cnm_runtime.session import available_cores
+from cnm_runtime.session import available_cores, default_threads
 
 log = logging.getLogger("benchmarks")
 
@@ -345,7 +345,7 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--e2e-queries", type=click.IntRange(min=1),
               help="queries per cnm-run, the labelled ones repeated  "
                    f"[default: {FULL['e2e_queries']}; quick {QUICK['e2e_queries']}]")
-@click.option("--threads", type=click.IntRange(min=1), help="threads of every engine  [default: one per core]")
+@click.option("--threads", type=click.IntRange(min=1), help="threads of every engine  [default: as cnm-run, one per core, at most 8]")
 @click.option("--one-video-per-query", is_flag=True,
               help="model-only batches give every query its own copy of its video's clips (nothing shared); "
                    "cnm-run still shares")
@@ -361,7 +361,7 @@ def main(checkpoint: Path | None, vocab: Path | None, features: Path | None, que
     given = {"rounds": rounds, "batch_sizes": _batch_sizes(batch_sizes), "queries_per_point": queries_per_point,
              "max_queries": max_queries, "e2e_queries": e2e_queries}
     settings = Settings(**{key: defaults[key] if value is None else value for key, value in given.items()},
-                        threads=threads or available_cores(), one_video_per_query=one_video_per_query)
+                        threads=threads or default_threads(), one_video_per_query=one_video_per_query)
     inputs = resolve_inputs(checkpoint, vocab, features, queries)
     command = shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
     with tempfile.TemporaryDirectory(prefix="cnm-bench-") as scratch:

@@ -63,9 +63,10 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--provider", type=click.Choice(sorted(FALLBACKS)), default="auto", show_default=True,
               help="auto tries TensorRT, then CUDA, then the CPU; a provider named here must start.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="ONNX Runtime threads on the CPU (0: one per core).")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
-              help="Processes reading the archive (default: one per core beyond two, at most 8; 0: read here).")
+              help="ONNX Runtime threads on the CPU (0: one per core, at most 8).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes reading the archive (0: the batching thread reads). Each video then crosses a "
+                   "pipe: slower on local disks, gzip archives too (2 and 16 cores); for slow network storage.")
 @click.option("--keep-videos", type=click.IntRange(min=1), default=64, show_default=True,
               help="Recent videos kept in memory, so nearby queries of one video share a read.")
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -74,7 +75,7 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit with status 1 when there are more errors than this.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
-         metrics_path: Path | None, batch_size: int, provider: str, threads: int, workers: int | None,
+         metrics_path: Path | None, batch_size: int, provider: str, threads: int, workers: int,
          keep_videos: int, trt_cache: Path | None, resume: bool, max_errors: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")

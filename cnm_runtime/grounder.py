@@ -4,9 +4,9 @@
     for result in grounder.ground("features.hdf5", "queries.jsonl"):
         print(result.record())  # a Prediction, or a QueryError saying why a query has none
 
-The work flows in three stages that overlap: worker processes read and resample each video once
-(``VideoReader``), a thread tokenizes the queries and stacks batches across videos, and the calling
-thread runs the batches in ONNX Runtime (a batch holds each of its videos once: the exported graph
+The work flows in two stages that overlap: a thread reads and resamples each video once
+(``VideoReader``; with ``workers``, reader processes do that part), tokenizes the queries and stacks
+batches across videos, and the calling thread runs the batches in ONNX Runtime (a batch holds each of its videos once: the exported graph
 runs the work that reads no words once per video). Results come back in input order. Memory stays bounded
 whatever the sizes of the archive and the queries: at most ``2 * batch_size`` queries wait for
 their video, ``keep_videos`` recent videos are kept for reuse, and two batches are stacked ahead.
@@ -27,7 +27,7 @@ import numpy as np
 from cnm_runtime.background import in_background
 from cnm_runtime.errors import InputError
 from cnm_runtime.queries import Query, QueryError, as_queries
-from cnm_runtime.session import ModelSession, available_cores
+from cnm_runtime.session import ModelSession
 from cnm_runtime.spans import spans_from_gaussian, temporal_iou
 from cnm_runtime.text import EncodedQuery, pad_word_ids
 from cnm_runtime.videos import Clips, VideoError, VideoReader
@@ -125,18 +125,11 @@ def _ious(batch: list[_Ready], spans: np.ndarray) -> list[float | None]:
     return ious
 
 
-def default_workers() -> int:
-    """Reader processes: one per core beyond the first two, at most 8 (one reads a few hundred videos a
-    second). On 2 cores or fewer the batching thread reads itself: a reader process only competes with
-    ONNX Runtime for the cores and adds a copy of every video through a pipe (measured 21% slower)."""
-    return max(0, min(8, available_cores() - 2))
-
-
 class Grounder:
     """An exported model in an ONNX Runtime session, ready to ground batches of queries."""
 
     def __init__(self, model_path: str | Path = "model-best.onnx", *, provider: str = "auto",
-                 threads: int | None = None, batch_size: int = 64, workers: int | None = None,
+                 threads: int | None = None, batch_size: int = 64, workers: int = 0,
                  keep_videos: int = 64, trt_cache_dir: str | Path | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -144,7 +137,7 @@ class Grounder:
         self.spec = self.session.spec
         self.vocabulary = self.spec.vocabulary()
         self.batch_size = batch_size
-        self.workers = default_workers() if workers is None else workers
+        self.workers = workers
         self.keep_videos = keep_videos
 
     @property

@@ -50,6 +50,16 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+# ONNX Runtime threads when none are asked for: one per core, at most this many. The graph is many small
+# operators, and more threads wait on each other more: on a 16-core Xeon the demo model grounded 2,577
+# queries/s end to end on 4 threads, 3,328 on 8 and 2,968 on 16 (benchmarks/cnm_run_scale.py settings).
+MAX_DEFAULT_THREADS = 8
+
+
+def default_threads() -> int:
+    return min(available_cores(), MAX_DEFAULT_THREADS)
+
+
 def _shapes(spec: ModelSpec, batch: int) -> str:
     """A TensorRT profile string, e.g. ``frames:8x200x1024,video_index:8,word_ids:8x21,words_len:8``
     (a batch never holds more videos than queries)."""
@@ -105,12 +115,12 @@ class ModelSession:
         if provider != "auto" and provider not in PROVIDERS:
             raise ValueError(f"provider must be auto or one of {sorted(PROVIDERS)}, got {provider!r}")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
+        options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads sleep instead of spinning: the reader processes and the batching thread need those cores
-        # (measured on 2 cores: model alone and end to end both faster).
+        # Idle threads sleep instead of spinning: the batching thread needs a core (measured on 2 cores: the
+        # model alone 10% faster spinning, end to end 15% slower).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Flush denormals to zero: a softmax over masked keys underflows, and the CPU's slow path for denormal
         # results took a fifth of the demo model's time (measured on 2 cores). ONNX Runtime sets this on its
