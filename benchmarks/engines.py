@@ -26,6 +26,7 @@ class Engine:
     graph: str  # what the worker loads: "checkpoint", or the precision of an exported file
     provider: str  # "cpu"/"cuda" for PyTorch; a ModelSession provider for ONNX Runtime
     needs_gpu: bool
+    half: bool = False  # PyTorch: the model and its clips cast to float16 (ONNX Runtime engines: see graph)
 
     @property
     def is_torch(self) -> bool:
@@ -37,6 +38,8 @@ ENGINES = (
     Engine("ort-fp32", "ONNX Runtime fp32", "fp32", "cpu", needs_gpu=False),
     Engine("ort-int8", "ONNX Runtime int8", "int8", "cpu", needs_gpu=False),
     Engine("torch-cuda", "PyTorch CUDA fp32", "checkpoint", "cuda", needs_gpu=True),
+    # what a GPU image with a CPU-only onnxruntime can still show of fp16 on the card
+    Engine("torch-cuda-fp16", "PyTorch CUDA fp16", "checkpoint", "cuda", needs_gpu=True, half=True),
     Engine("ort-cuda-fp16", "ONNX Runtime CUDA fp16", "fp16", "cuda", needs_gpu=True),
     # TensorRT builds its own fp16 engine from the fp32 file (ModelSession turns trt_fp16_enable on).
     Engine("ort-trt-fp16", "ONNX Runtime TensorRT fp16", "fp32", "tensorrt", needs_gpu=True),
@@ -54,7 +57,7 @@ def worker_env(engine: Engine) -> dict[str, str]:
     return {"OMP_WAIT_POLICY": TORCH_OMP_WAIT_POLICY} if engine.is_torch else {}
 
 
-def torch_runner(checkpoint: Path, vocab: Path | None, device: str, threads: int) -> Runner:
+def torch_runner(checkpoint: Path, vocab: Path | None, device: str, threads: int, half: bool = False) -> Runner:
     """``model.generate`` (unpruned) under inference mode, word lookup and host copies included."""
     import torch
 
@@ -63,18 +66,20 @@ def torch_runner(checkpoint: Path, vocab: Path | None, device: str, threads: int
 
     torch.set_num_threads(threads)
     source = load_source(checkpoint, vocab)
-    if device == "cpu":
+    if device == "cpu" and not half:
         return lambda feed: pytorch_outputs(source.model, source.word_vectors, feed)
 
-    model = source.model.to(device)
-    table = torch.from_numpy(source.word_vectors).to(device)
+    dtype = torch.float16 if half else torch.float32
+    model = source.model.to(device, dtype)
+    table = torch.from_numpy(source.word_vectors).to(device, dtype)
 
     def run(feed: Feed) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            frames, video_index, word_ids, words_len = (torch.from_numpy(feed[k]).to(device)
-                                                        for k in ("frames", "video_index", "word_ids", "words_len"))
+            frames = torch.from_numpy(feed["frames"]).to(device, dtype)
+            video_index, word_ids, words_len = (torch.from_numpy(feed[k]).to(device)
+                                                for k in ("video_index", "word_ids", "words_len"))
             center, width = model.generate(frames, table[word_ids], words_len, video_index=video_index)
-            return center.cpu().numpy(), width.cpu().numpy()
+            return center.float().cpu().numpy(), width.float().cpu().numpy()
 
     return run
 

@@ -62,7 +62,9 @@ def _speed_table(results: dict[str, Any]) -> list[str]:
     sharing = ("every query with its own copy of its video's clips (--one-video-per-query)"
                if results["settings"]["one_video_per_query"] else
                "each video once however many of its queries the batch holds, as cnm-run batches them")
-    lines += ["", f"videos: the mean number of videos in a batch of consecutive queries of the file, {sharing}. "
+    winners = ", ".join(f"batch {batch}: {results['engines'][name]['label']}"
+                        for batch, name in results["fastest"].items())
+    lines += ["", f"Fastest engine: {winners}.", "", f"videos: the mean number of videos in a batch of consecutive queries of the file, {sharing}. "
               "GFLOP/s: the FLOPs of the batches run (the graph's matrix products; int8 ones count alike; a "
               "video's share once per batch) per second; % of the measured fp32 matrix-multiply rate."]
     return lines

@@ -42,7 +42,7 @@ from benchmarks.inputs import prepare_queries, synthetic_archive, write_repeated
 from benchmarks.machine import SGEMM_SIZE, cpu_model, gpu_name, sgemm_gflops, slug
 from benchmarks.plot import plot_throughput
 from benchmarks.report import markdown
-from benchmarks.summary import accuracy_figures, check_targets, ratio, speed_figures, spread
+from benchmarks.summary import accuracy_figures, check_targets, fastest, ratio, speed_figures, spread
 from benchmarks.worker import Worker
 from cnm_export.export import unpruned_flops
 from cnm_export.export import DEFAULT_OPSET, export_model, load_source
@@ -294,6 +294,7 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
             "queries_read": prepared.read, "queries_used": len(prepared.records), "queries_skipped": skipped,
         },
         "engines": engines,
+        "fastest": fastest(engines),
         "end_to_end": end_to_end,
         "end_to_end_error": measured.end_to_end_error,
         "targets": check_targets(engines, end_to_end, settings.reference_batch, not settings.one_video_per_query),

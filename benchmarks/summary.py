@@ -49,6 +49,15 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else numerator / denominator
 
 
+def fastest(engines: dict[str, dict]) -> dict[str, str]:
+    """Batch size -> the engine with the highest median queries/s there (of those that ran it)."""
+    best: dict[str, tuple[float, str]] = {}
+    for name, engine in engines.items():
+        for batch, figures in engine.get("speed", {}).items():
+            best[batch] = max(best.get(batch, (0.0, "")), (figures["queries_per_s"]["median"], name))
+    return {batch: name for batch, (_, name) in best.items()}
+
+
 def _target(text: str, value: float | None, bound: float, at_least: bool) -> dict[str, Any]:
     met = None if value is None else (value >= bound if at_least else value <= bound)
     return {"target": text, "value": value, "bound": bound, "met": met}

@@ -87,7 +87,8 @@ def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | 
     engine = BY_NAME[engine_name]
     try:
         if engine.is_torch:
-            run, provider = torch_runner(checkpoint, vocab, engine.provider, threads), f"torch-{engine.provider}"
+            run = torch_runner(checkpoint, vocab, engine.provider, threads, engine.half)
+            provider = f"torch-{engine.provider}"
         else:
             run, provider = ort_runner(model, engine.provider, threads, max_batch)
     except Exception as error:  # a provider that cannot start is a result ("not run: why"), not a crash

@@ -17,6 +17,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is a folder of the repository, not 
     sys.path.insert(0, str(REPO))
 
 from benchmarks import run  # noqa: E402
+from benchmarks.engines import torch_runner  # noqa: E402
 from benchmarks.summary import check_targets, speed_figures  # noqa: E402
 from benchmarks.worker import Worker  # noqa: E402
 from cnm_export.export import export_checkpoint  # noqa: E402
@@ -80,6 +81,10 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_run):
     assert e2e["peak_rss_mb"] > 0 and e2e["mIoU"] == pytest.approx(engines["ort-fp32"]["accuracy"]["mIoU"], abs=1e-6)
     assert [target["met"] is not None for target in results["targets"]] == [True] * 5
     assert "| ONNX Runtime int8 | 4 |" in printed and "not run: no GPU" in printed
+    for batch, name in results["fastest"].items():
+        medians = [e["speed"][batch]["queries_per_s"]["median"] for e in engines.values() if "speed" in e]
+        assert engines[name]["speed"][batch]["queries_per_s"]["median"] == max(medians)
+    assert f"batch 4: {engines[results['fastest']['4']]['label']}" in printed
 
 
 def test_without_inputs_the_error_says_how_to_make_the_demo(tmp_path, monkeypatch):
@@ -106,6 +111,19 @@ def test_summary_figures():
     assert check_targets({**engines, "ort-int8": {}}, None, 64)[1]["met"] is None
     unshared = check_targets(engines, {"queries_per_s": {"median": 180}}, 64, videos_shared=False)[4]
     assert unshared["met"] is None and unshared["value"] == 0.9 and "not judged" in unshared["target"]
+
+
+def test_pytorch_half_engine_runs_the_model_in_float16(tmp_path):
+    """The GPU fp16 engine's path, run on the CPU: same outputs as fp32 up to float16 rounding."""
+    glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(20)])
+    checkpoint = write_checkpoint(tmp_path / "model.pt", vocab_size=20, glove_path=glove)
+    rng = np.random.default_rng(0)
+    feed = {"frames": rng.random((2, 200, 1024), dtype=np.float32), "video_index": np.array([0, 1, 1]),
+            "word_ids": rng.integers(1, 21, (3, 21)), "words_len": np.array([20, 5, 1])}
+    fp32, fp16 = (torch_runner(checkpoint, glove, "cpu", 1, half)(feed) for half in (False, True))
+    for ours, reference in zip(fp16, fp32):
+        assert ours.dtype == np.float32
+        assert 0 < np.abs(ours - reference).max() < 1e-2
 
 
 def test_an_engine_that_cannot_start_answers_why(tmp_path):
