@@ -2,8 +2,8 @@
 
 For one checkpoint and one archive with labelled queries it measures
 1. model-only queries/s and latency per batch at each batch size, for PyTorch eager and ONNX Runtime
-   fp32 and int8 on the CPU and, where a GPU is present, PyTorch CUDA, ONNX Runtime CUDA fp16 and
-   ONNX Runtime TensorRT fp16;
+   fp32 and int8 on the CPU and, where a GPU is present, PyTorch CUDA fp32 and fp16, ONNX Runtime
+   CUDA fp16 and ONNX Runtime TensorRT fp16, and the fastest engine at each batch size;
 2. cnm-run end to end on the archive at the reference batch size, and its peak RSS;
 3. IoU@0.3/0.5/0.7 and mIoU of every engine on the same queries, and its largest output differences
    from PyTorch fp32;
