@@ -15,6 +15,7 @@ from cnm_runtime.grounder import Grounder, Prediction
 from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
 from cnm_runtime.report import RunTally
+from cnm_runtime import session as session_module
 from cnm_runtime.session import PROVIDERS, ModelSession, _provider_chain
 
 WORDS = (
@@ -188,6 +189,14 @@ def test_provider_reported_is_the_one_that_runs(tiny_model):
     session = ModelSession(tiny_model, "auto", max_batch=4)
     assert session.provider == session.session.get_providers()[0]
     assert session.device == ("cpu" if session.provider == PROVIDERS["cpu"] else "cuda")
+
+
+def test_default_threads_one_per_core_at_most_eight(tiny_model, monkeypatch):
+    for cores, threads in ((2, 2), (16, 8)):
+        monkeypatch.setattr(session_module, "available_cores", lambda: cores)
+        options = ModelSession(tiny_model, "cpu").session.get_session_options()
+        assert options.intra_op_num_threads == threads
+    assert ModelSession(tiny_model, "cpu", threads=3).session.get_session_options().intra_op_num_threads == 3
 
 
 def test_named_provider_that_does_not_start_is_an_error(tiny_model):
