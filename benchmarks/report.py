@@ -64,7 +64,8 @@ def _speed_table(results: dict[str, Any]) -> list[str]:
                "each video once however many of its queries the batch holds, as cnm-run batches them")
     winners = ", ".join(f"batch {batch}: {results['engines'][name]['label']}"
                         for batch, name in results["fastest"].items())
-    lines += ["", f"Fastest engine: {winners}.", "", f"videos: the mean number of videos in a batch of consecutive queries of the file, {sharing}. "
+    lines += ["", f"Fastest engine: {winners}.", "",
+              f"videos: the mean number of videos in a batch of consecutive queries of the file, {sharing}. "
               "GFLOP/s: the FLOPs of the batches run (the graph's matrix products; int8 ones count alike; a "
               "video's share once per batch) per second; % of the measured fp32 matrix-multiply rate."]
     return lines

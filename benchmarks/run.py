@@ -346,7 +346,8 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--e2e-queries", type=click.IntRange(min=1),
               help="queries per cnm-run, the labelled ones repeated  "
                    f"[default: {FULL['e2e_queries']}; quick {QUICK['e2e_queries']}]")
-@click.option("--threads", type=click.IntRange(min=1), help="threads of every engine  [default: as cnm-run, one per core, at most 8]")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="threads of every engine  [default: as cnm-run, one per core, at most 8]")
 @click.option("--one-video-per-query", is_flag=True,
               help="model-only batches give every query its own copy of its video's clips (nothing shared); "
                    "cnm-run still shares")

@@ -6,10 +6,11 @@
 
 The work flows in two stages that overlap: a thread reads and resamples each video once
 (``VideoReader``; with ``workers``, reader processes do that part), tokenizes the queries and stacks
-batches across videos, and the calling thread runs the batches in ONNX Runtime (a batch holds each of its videos once: the exported graph
-runs the work that reads no words once per video). Results come back in input order. Memory stays bounded
-whatever the sizes of the archive and the queries: at most ``2 * batch_size`` queries wait for
-their video, ``keep_videos`` recent videos are kept for reuse, and two batches are stacked ahead.
+batches across videos, and the calling thread runs the batches in ONNX Runtime (a batch holds each of
+its videos once: the exported graph runs the work that reads no words once per video). Results come
+back in input order. Memory stays bounded whatever the sizes of the archive and the queries: at most
+``2 * batch_size`` queries wait for their video, ``keep_videos`` recent videos are kept for reuse, and
+two batches are stacked ahead.
 
 Reader processes are started with ``spawn``, so a script that calls ``ground`` with ``workers > 0``
 needs the usual ``if __name__ == "__main__":`` guard.
