@@ -65,8 +65,8 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="ONNX Runtime threads on the CPU (0: one per core, at most 8).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes reading the archive (0: the batching thread reads). Each video then crosses a "
-                   "pipe: slower on local disks, gzip archives too (2 and 16 cores); for slow network storage.")
+              help="Processes reading the archive in parallel (0: the batching thread reads). For archives "
+                   "whose reading costs more than the model: slower than 0 wherever measured (2 and 16 cores).")
 @click.option("--keep-videos", type=click.IntRange(min=1), default=64, show_default=True,
               help="Recent videos kept in memory, so nearby queries of one video share a read.")
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -14,9 +14,10 @@ from cnm_runtime.feed import one_video_per_query, take_queries
 from cnm_runtime.grounder import Grounder, Prediction
 from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
-from cnm_runtime.report import RunTally
 from cnm_runtime import session as session_module
+from cnm_runtime.report import RunTally
 from cnm_runtime.session import PROVIDERS, ModelSession, _provider_chain
+from cnm_runtime.videos import VideoError, VideoReader
 
 WORDS = (
     "person the a door opens closes light turns on off walks sits chair table holds cup drinks from puts down "
@@ -316,6 +317,26 @@ def test_worker_processes_give_the_same_predictions(tiny_model, archive):
     inline = ground_all(Grounder(tiny_model, batch_size=4, workers=0), archive, records)
     parallel = ground_all(Grounder(tiny_model, batch_size=4, workers=2), archive, records)
     assert inline == parallel and len(inline[0]) == 9 and inline[1][0].code == "non_finite"
+
+
+def test_reader_processes_hand_clips_over_through_reused_slots(tmp_path):
+    path = write_archive(tmp_path / "features.hdf5", videos=12)
+    with h5py.File(path, "a") as out:
+        out.create_dataset("long", data=_features(np.random.default_rng(2), 450))  # resampled to 200 clips
+    videos = [f"v{v}" for v in range(12)] + ["long", "g0", "nan"]
+    with VideoReader(path, FRAME_DIM, 200, workers=0, keep=1) as inline:
+        expected = [inline.submit(video).result() for video in videos]
+    with VideoReader(path, FRAME_DIM, 200, workers=1, keep=1) as reader:
+        slots_file = Path(reader._slots.path)
+        futures = [reader.submit(video) for video in videos]  # 15 reads through 4 slots
+        results = [future.result() for future in futures]
+    assert not slots_file.exists()
+    for ours, theirs in zip(results, expected):
+        if isinstance(theirs, VideoError):
+            assert ours == theirs
+        else:
+            np.testing.assert_array_equal(ours.frames, theirs.frames)
+            assert ours.duration == theirs.duration
 
 
 @pytest.mark.parametrize("video, code", [
