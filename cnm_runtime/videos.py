@@ -73,10 +73,11 @@ class ClipSlots:
     """Slots of ``[num_clips, frame_dim]`` float32 in one file in shared memory, where reader processes
     write a video's clips, so that a video crosses to this process as a slot number and a few numbers.
 
-    Sent back through the pool's pipe, the clips cost this process more than reading them itself (one
-    reader on 2 cores: 1,328 queries/s end to end that way, 1,800 through slots). ``acquire`` blocks while
-    every slot is in flight; a slot is released once its clips are copied out. ``close`` removes the file; a
-    run killed outright leaves it behind (``cnm-clips-<pid>-*``, 3.2 MB a worker for 1024-d clips).
+    Sent back through the pool's pipe instead, every video's clips are pickled, copied in pieces and
+    unpickled by this process (one reader on 2 cores: 1,328 queries/s end to end that way, 1,800 through
+    slots). ``acquire`` blocks while every slot is in flight; a slot is released once its clips are copied
+    out. ``close`` removes the file; a run killed outright leaves it behind (``cnm-clips-<pid>-*``, 3.2 MB a
+    worker for 1024-d clips).
     """
 
     def __init__(self, count: int, num_clips: int, frame_dim: int):
