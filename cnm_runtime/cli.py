@@ -63,7 +63,10 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--provider", type=click.Choice(sorted(FALLBACKS)), default="auto", show_default=True,
               help="auto tries TensorRT, then CUDA, then the CPU; a provider named here must start.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="ONNX Runtime threads on the CPU (0: one per core, at most 8).")
+              help="ONNX Runtime threads a run (0: on the CPU provider 1; for a GPU, one per core, at most 8).")
+@click.option("--runs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Batches the model runs at once (0: on the CPU, the cores (at most 8) divided by --threads; "
+                   "on a GPU, 1).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Processes reading the archive in parallel (0: the batching thread reads). For archives "
                    "whose reading costs more than the model: slower than 0 wherever measured (2 and 16 cores).")
@@ -75,7 +78,7 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit with status 1 when there are more errors than this.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
-         metrics_path: Path | None, batch_size: int, provider: str, threads: int, workers: int,
+         metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, workers: int,
          keep_videos: int, trt_cache: Path | None, resume: bool, max_errors: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")
@@ -84,12 +87,12 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
         raise click.UsageError("--resume needs -o FILE: standard output cannot be read back")
     try:
         FeatureArchive(features).close()  # fail now, not in a reader process
-        grounder = Grounder(model, provider=provider, threads=threads or None, batch_size=batch_size,
-                            workers=workers, keep_videos=keep_videos, trt_cache_dir=trt_cache)
+        grounder = Grounder(model, provider=provider, threads=threads or None, runs=runs or None,
+                            batch_size=batch_size, workers=workers, keep_videos=keep_videos, trt_cache_dir=trt_cache)
     except (OSError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
-    log.info("model %s on %s, batches of %d, %d reader processes", model, grounder.provider, batch_size,
-             grounder.workers)
+    log.info("model %s on %s, batches of %d, %d at once on %d threads each, %d reader processes", model,
+             grounder.provider, batch_size, grounder.runs, grounder.session.threads, grounder.workers)
 
     tally = RunTally()
     done = _resume(output, tally) if resume else set()

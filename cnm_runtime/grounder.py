@@ -4,13 +4,15 @@
     for result in grounder.ground("features.hdf5", "queries.jsonl"):
         print(result.record())  # a Prediction, or a QueryError saying why a query has none
 
-The work flows in two stages that overlap: a thread reads and resamples each video once
-(``VideoReader``; with ``workers``, reader processes do that part), tokenizes the queries and stacks
-batches across videos, and the calling thread runs the batches in ONNX Runtime (a batch holds each of
-its videos once: the exported graph runs the work that reads no words once per video). Results come
-back in input order. Memory stays bounded whatever the sizes of the archive and the queries: at most
-``2 * batch_size`` queries wait for their video, ``keep_videos`` recent videos are kept for reuse, and
-two batches are stacked ahead.
+The work flows in stages that overlap: a thread reads and resamples each video once (``VideoReader``;
+with ``workers``, reader processes do that part), tokenizes the queries and stacks batches across
+videos; ``runs`` threads run batches in ONNX Runtime side by side (on the CPU, one a core: see
+``ModelSession``; a batch holds each of its videos once, and the exported graph runs the work that reads
+no words once per video); the calling thread turns the outputs into predictions and does what it will
+with them (cnm-run writes them) while the next batches run. Results come back in input order. Memory
+stays bounded whatever the sizes of the archive and the queries: at most ``2 * batch_size`` queries wait
+for their video, ``keep_videos`` recent videos are kept for reuse, two batches are stacked ahead and
+``runs + 1`` are with the model.
 
 Reader processes are started with ``spawn``, so a script that calls ``ground`` with ``workers > 0``
 needs the usual ``if __name__ == "__main__":`` guard.
@@ -18,7 +20,7 @@ needs the usual ``if __name__ == "__main__":`` guard.
 from __future__ import annotations
 
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -97,12 +99,13 @@ class FrameBuffers:
     """A ring of reused ``[batch, clips, dim]`` arrays for stacking batches.
 
     A fresh array per batch (tens of MB) costs more in page faults than gathering the clips into it. The
-    ring holds as many arrays as batches can be alive at once: one being run, ``BATCHES_AHEAD`` waiting
-    and one being filled, so an array is refilled only after the batch that used it has run.
+    ring holds as many arrays as batches can be alive at once: ``runs + 1`` with the model, ``BATCHES_AHEAD``
+    waiting and one being filled, so an array is refilled only after the batch that used it has run.
     """
 
-    def __init__(self, batch_size: int, num_clips: int, frame_dim: int):
-        self._arrays = [np.empty((batch_size, num_clips, frame_dim), np.float32) for _ in range(BATCHES_AHEAD + 2)]
+    def __init__(self, batch_size: int, num_clips: int, frame_dim: int, runs: int):
+        self._arrays = [np.empty((batch_size, num_clips, frame_dim), np.float32)
+                        for _ in range(runs + 1 + BATCHES_AHEAD + 1)]
         self._next = 0
 
     def fill(self, videos: list[Clips]) -> np.ndarray:
@@ -130,11 +133,12 @@ class Grounder:
     """An exported model in an ONNX Runtime session, ready to ground batches of queries."""
 
     def __init__(self, model_path: str | Path = "model-best.onnx", *, provider: str = "auto",
-                 threads: int | None = None, batch_size: int = 64, workers: int = 0,
+                 threads: int | None = None, runs: int | None = None, batch_size: int = 64, workers: int = 0,
                  keep_videos: int = 64, trt_cache_dir: str | Path | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.session = ModelSession(model_path, provider, threads, batch_size, trt_cache_dir)
+        self.runs = runs or self.session.default_runs()
         self.spec = self.session.spec
         self.vocabulary = self.spec.vocabulary()
         self.batch_size = batch_size
@@ -149,19 +153,36 @@ class Grounder:
     def ground(self, archive: str | Path, queries: str | Path | Iterable[Query | QueryError | dict]
                ) -> Iterator[Prediction | QueryError]:
         """One Prediction or QueryError per query, predictions in input order; a bad query never stops it."""
-        for item in in_background(self._batches(archive, as_queries(queries)), BATCHES_AHEAD):
-            if isinstance(item, QueryError):
-                yield item
-                continue
-            center, width = self.session.run(item.frames, item.video_index, item.word_ids, item.words_len)
-            spans = spans_from_gaussian(center, width)
-            ious = _ious(item.items, spans)
-            for ready, c, w, span, iou in zip(item.items, center, width, spans, ious):
-                yield Prediction(ready.query, ready.encoded, ready.duration, float(c), float(w),
-                                 (float(span[0]), float(span[1])), iou)
+        batches = in_background(self._batches(archive, as_queries(queries)), BATCHES_AHEAD)
+        model = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model")
+        # in input order: errors, and each batch's queries with the future of the model's (center, width)
+        pending: deque[QueryError | tuple[list[_Ready], Future]] = deque()
+        try:
+            for item in batches:
+                pending.append(item if isinstance(item, QueryError) else (item.items, model.submit(
+                    self.session.run, item.frames, item.video_index, item.word_ids, item.words_len)))
+                while len(pending) > self.runs:  # one more than runs: the next starts as soon as one ends
+                    yield from self._predictions(pending.popleft())
+            while pending:
+                yield from self._predictions(pending.popleft())
+        finally:
+            model.shutdown(cancel_futures=True)
+            batches.close()
+
+    @staticmethod
+    def _predictions(item: QueryError | tuple[list[_Ready], Future]) -> Iterator[Prediction | QueryError]:
+        if isinstance(item, QueryError):
+            yield item
+            return
+        batch, outputs = item
+        center, width = outputs.result()
+        spans = spans_from_gaussian(center, width)
+        for ready, c, w, span, iou in zip(batch, center, width, spans, _ious(batch, spans)):
+            yield Prediction(ready.query, ready.encoded, ready.duration, float(c), float(w),
+                             (float(span[0]), float(span[1])), iou)
 
     def _batches(self, archive: str | Path, queries: Iterator[Query | QueryError]) -> Iterator[_Batch | QueryError]:
-        buffers = FrameBuffers(self.batch_size, self.spec.max_num_frames, self.spec.frame_dim)
+        buffers = FrameBuffers(self.batch_size, self.spec.max_num_frames, self.spec.frame_dim, self.runs)
         with VideoReader(archive, self.spec.frame_dim, self.spec.max_num_frames, self.workers,
                          self.keep_videos) as reader:
             batch: list[_Ready] = []

@@ -50,14 +50,38 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-# ONNX Runtime threads when none are asked for: one per core, at most this many. The graph is many small
-# operators, and more threads wait on each other more: on a 16-core Xeon the demo model grounded 2,577
-# queries/s end to end on 4 threads, 3,328 on 8 and 2,968 on 16 (benchmarks/cnm_run_scale.py settings).
+# The threads cnm-run keeps busy when none are asked for: one per core, at most this many. With one run of
+# many threads (the default before runs side by side), more threads waited on each other more: on a 16-core
+# Xeon the demo model grounded 2,577 queries/s end to end on 4 threads, 3,328 on 8 and 2,968 on 16
+# (benchmarks/cnm_run_scale.py settings).
 MAX_DEFAULT_THREADS = 8
+# On the CPU a run gets one thread and batches run side by side instead, one a core: the graph is many small
+# operators, and the threads of one run wait on each other. Demo model, batches of 64, 2 cores: two runs of
+# one thread each ran 4,134-4,301 queries/s, one run of two threads 2,871-2,905 (model alone, ready batches).
+CPU_THREADS_PER_RUN = 1
 
 
 def default_threads() -> int:
     return min(available_cores(), MAX_DEFAULT_THREADS)
+
+
+def _options(threads: int) -> ort.SessionOptions:
+    """The session options of every provider, with ``threads`` ONNX Runtime threads a run."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads sleep instead of spinning: the batching thread needs a core (measured on 2 cores, one run
+    # of two threads: the model alone 10% faster spinning, end to end 15% slower).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Flush denormals to zero: a softmax over masked keys underflows, and the CPU's slow path for denormal
+    # results took a fifth of the demo model's time (measured on 2 cores). It holds on ONNX Runtime's own
+    # threads and on the thread that calls run, whichever that is (measured: one thread, batches of 64 took
+    # 29 ms run from the thread that made the session or from another, 43 ms without the entry); weights
+    # below 1.2e-38 become 0.
+    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    return options
 
 
 def _shapes(spec: ModelSpec, batch: int) -> str:
@@ -105,7 +129,12 @@ def _provider_chain(name: str, spec: ModelSpec, max_batch: int, trt_cache_dir: P
 
 class ModelSession:
     """``run(frames, video_index, word_ids, words_len) -> (center, width)`` for batches of up to ``max_batch``
-    queries (see ``cnm_runtime.model_spec`` for the inputs)."""
+    queries (see ``cnm_runtime.model_spec`` for the inputs); ``run`` may be called from several threads at once.
+
+    ``threads`` are ONNX Runtime's threads a run. By default a run on the CPU gets one, and a caller gets the
+    cores' worth by running ``default_runs()`` batches at once (``Grounder`` does); a GPU provider's session
+    gets one per core, at most 8, for the operators it leaves to the CPU.
+    """
 
     def __init__(self, model_path: str | Path, provider: str = "auto", threads: int | None = None,
                  max_batch: int = 64, trt_cache_dir: str | Path | None = None):
@@ -114,30 +143,19 @@ class ModelSession:
             raise FileNotFoundError(f"model {self.model_path} does not exist (make one with cnm-export)")
         if provider != "auto" and provider not in PROVIDERS:
             raise ValueError(f"provider must be auto or one of {sorted(PROVIDERS)}, got {provider!r}")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle threads sleep instead of spinning: the batching thread needs a core (measured on 2 cores: the
-        # model alone 10% faster spinning, end to end 15% slower).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Flush denormals to zero: a softmax over masked keys underflows, and the CPU's slow path for denormal
-        # results took a fifth of the demo model's time (measured on 2 cores). ONNX Runtime sets this on its
-        # own threads and on the thread creating the session, which is the one that runs it (cnm-run's main
-        # thread); weights below 1.2e-38 become 0.
-        options.add_session_config_entry("session.set_denormal_as_zero", "1")
         try:
-            cpu_session = ort.InferenceSession(str(self.model_path), options, providers=[PROVIDERS["cpu"]],
-                                               disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
+            cpu_session = ort.InferenceSession(
+                str(self.model_path), _options(threads or CPU_THREADS_PER_RUN), providers=[PROVIDERS["cpu"]],
+                disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
         except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise ValueError(f"{self.model_path}: not a loadable ONNX model ({error})") from error
         self.spec = self._read_spec(cpu_session)
         chain = _provider_chain(provider, self.spec, max_batch, Path(trt_cache_dir or default_trt_cache_dir()))
-        if chain == [PROVIDERS["cpu"]]:
-            self.session = cpu_session
-        else:
-            self.session = self._create(options, chain, quiet=provider == "auto")
+        self.session = cpu_session
+        if chain != [PROVIDERS["cpu"]]:
+            session = self._create(_options(threads or default_threads()), chain, quiet=provider == "auto")
+            if session.get_providers()[0] != PROVIDERS["cpu"] or provider != "auto":
+                self.session = session  # else auto fell back to the CPU: the session made for it runs
         self.session.disable_fallback()  # a failing provider must raise, not switch to the CPU mid-run
         self.provider = self.session.get_providers()[0]
         if provider != "auto" and self.provider != PROVIDERS[provider]:
@@ -145,7 +163,13 @@ class ModelSession:
                                "check the CUDA/TensorRT libraries and the GPU, or use --provider auto")
         if self.provider != _provider_name(chain[0]):
             log.info("%s did not start; running on %s", _provider_name(chain[0]), self.provider)
+        self.threads = self.session.get_session_options().intra_op_num_threads
         self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
+
+    def default_runs(self) -> int:
+        """Batches to run at once: on the CPU, as many as the default threads (one per core, at most 8) hold
+        runs of this session's threads; a GPU runs one batch at a time."""
+        return max(1, default_threads() // self.threads) if self.device == "cpu" else 1
 
     def _read_spec(self, session: ort.InferenceSession) -> ModelSpec:
         names = tuple(node.name for node in session.get_inputs())

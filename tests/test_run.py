@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -192,12 +193,14 @@ def test_provider_reported_is_the_one_that_runs(tiny_model):
     assert session.device == ("cpu" if session.provider == PROVIDERS["cpu"] else "cuda")
 
 
-def test_default_threads_one_per_core_at_most_eight(tiny_model, monkeypatch):
-    for cores, threads in ((2, 2), (16, 8)):
+def test_cpu_runs_one_thread_each_one_run_a_core_at_most_eight(tiny_model, monkeypatch):
+    for cores, runs in ((2, 2), (16, 8)):
         monkeypatch.setattr(session_module, "available_cores", lambda: cores)
-        options = ModelSession(tiny_model, "cpu").session.get_session_options()
-        assert options.intra_op_num_threads == threads
-    assert ModelSession(tiny_model, "cpu", threads=3).session.get_session_options().intra_op_num_threads == 3
+        session = ModelSession(tiny_model, "cpu")
+        assert session.session.get_session_options().intra_op_num_threads == 1 and session.default_runs() == runs
+    session = ModelSession(tiny_model, "cpu", threads=3)  # 16 cores: 8 threads hold two runs of 3
+    assert session.session.get_session_options().intra_op_num_threads == 3 and session.default_runs() == 2
+    assert Grounder(tiny_model, provider="cpu").runs == 8 and Grounder(tiny_model, provider="cpu", runs=3).runs == 3
 
 
 def test_named_provider_that_does_not_start_is_an_error(tiny_model):
@@ -262,6 +265,53 @@ def test_a_batch_holds_each_video_once(tiny_model, archive, monkeypatch):
     for record, prediction in zip(records, predictions):
         (single,), _ = ground_all(alone, archive, [record])
         assert abs(single["center"] - prediction["center"]) < 1e-5 and abs(single["width"] - prediction["width"]) < 1e-5
+
+
+def test_the_next_batch_runs_while_the_caller_holds_a_prediction(tiny_model, archive, monkeypatch):
+    """The model runs in a thread of its own: what the caller does with a batch's predictions (cnm-run writes
+    them) never holds up the next batch."""
+    grounder = Grounder(tiny_model, batch_size=2, runs=1, workers=0)
+    callers, second_batch_ran, run = [], threading.Event(), grounder.session.run
+
+    def counted(*inputs):
+        callers.append(threading.get_ident())
+        if len(callers) == 2:
+            second_batch_ran.set()
+        return run(*inputs)
+
+    monkeypatch.setattr(grounder.session, "run", counted)
+    results = grounder.ground(archive, good_records(6))
+    next(results)
+    assert second_batch_ran.wait(timeout=60)
+    assert len(list(results)) == 5 and len(callers) == 3 and threading.get_ident() not in callers
+
+
+def test_batches_run_side_by_side_with_the_same_predictions(tiny_model, archive, monkeypatch):
+    """With ``runs=2`` two batches are in the model at once (each of the six waits here for another to start),
+    and the predictions are those of one batch at a time, in input order."""
+    records = good_records(12) + [{"qid": "bad", "video": "nan", "query": "person sits"}]
+    expected = ground_all(Grounder(tiny_model, batch_size=2, runs=1, workers=0), archive, records)
+    grounder = Grounder(tiny_model, batch_size=2, runs=2, workers=0)
+    both_in, run = threading.Barrier(2, timeout=60), grounder.session.run
+
+    def meeting(*inputs):
+        both_in.wait()  # BrokenBarrierError, and the test fails, unless another run is in at the same time
+        return run(*inputs)
+
+    monkeypatch.setattr(grounder.session, "run", meeting)
+    assert ground_all(grounder, archive, records) == expected and len(expected[0]) == 12
+
+
+def test_a_failing_batch_raises_to_the_caller_and_ends_every_thread(tiny_model, archive, monkeypatch):
+    grounder = Grounder(tiny_model, batch_size=2, workers=0)
+
+    def broken(*inputs):
+        raise RuntimeError("the model failed")
+
+    monkeypatch.setattr(grounder.session, "run", broken)
+    with pytest.raises(RuntimeError, match="the model failed"):
+        list(grounder.ground(archive, good_records(6)))
+    assert [thread.name for thread in threading.enumerate() if thread.name.startswith("cnm-")] == []
 
 
 def test_a_batch_of_some_queries_keeps_only_their_videos():
