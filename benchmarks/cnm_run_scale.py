@@ -2,7 +2,7 @@
 
     python benchmarks/cnm_run_scale.py throughput --model M.onnx   # end-to-end vs model-only queries/s
     python benchmarks/cnm_run_scale.py memory --model M.onnx       # peak RSS as the archive grows
-    python benchmarks/cnm_run_scale.py settings --model M.onnx     # end to end at each --threads, --workers
+    python benchmarks/cnm_run_scale.py settings --model M.onnx     # end to end at each --threads, --runs, --workers
 
 ``throughput`` grounds every query of a synthetic archive (default 500 videos of 100-400 rows,
 4 queries each) and runs the model alone on ready-made batches of the same size and the same
@@ -10,10 +10,11 @@ sharing of videos (4 queries a video), alternating the
 two ``--repeats`` times; the ratio says how much of the model's speed the reading, resampling and
 tokenizing leave. ``memory`` grounds archives of growing size in fresh processes and reports each
 peak RSS (main process, and the largest reader process): it should not grow with the archive.
-``settings`` grounds one archive at each pair of ``--threads`` and ``--workers``: which to pick on a machine.
+``settings`` grounds one archive at each ``--threads``, ``--runs`` and ``--workers``: which to pick on a machine.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import statistics
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -54,9 +56,10 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def model_only(session: ModelSession, queries: int, batch_size: int, queries_per_video: int) -> float:
-    """Queries/s of the session alone on ready batches (random inputs, words of a typical length), each
-    video shared by ``queries_per_video`` queries of the batch as in cnm-run's batches of the archive."""
+def model_only(session: ModelSession, runs: int, queries: int, batch_size: int, queries_per_video: int) -> float:
+    """Queries/s of the session alone on ready batches (random inputs, words of a typical length), ``runs``
+    at once as cnm-run runs them, each video shared by ``queries_per_video`` queries of the batch as in
+    cnm-run's batches of the archive."""
     rng = np.random.default_rng(1)
     spec = session.spec
     video_index = np.arange(batch_size, dtype=np.int64) // queries_per_video
@@ -69,12 +72,14 @@ def model_only(session: ModelSession, queries: int, batch_size: int, queries_per
             return 8
 
     word_ids, words_len = pad_word_ids([Words()] * batch_size, spec.word_slots)
-    session.run(frames, video_index, word_ids, words_len)  # warm up
-    started, done = time.perf_counter(), 0
-    while done < queries:
-        n = min(batch_size, queries - done)
+
+    def run(n: int) -> None:
         session.run(frames[: video_index[n - 1] + 1], video_index[:n], word_ids[:n], words_len[:n])
-        done += n
+
+    with ThreadPoolExecutor(runs) as pool:
+        list(pool.map(run, [batch_size] * runs))  # warm up
+        started = time.perf_counter()
+        list(pool.map(run, [min(batch_size, queries - done) for done in range(0, queries, batch_size)]))
     return queries / (time.perf_counter() - started)
 
 
@@ -108,14 +113,16 @@ def throughput(model: Path, videos: int, queries_per_video: int, batch_size: int
         model_rates, e2e_rates, model_cpu, e2e_cpu = [], [], [], []
         for _ in range(repeats):
             cpu = cpu_seconds()
-            model_rates.append(model_only(grounder.session, videos * queries_per_video, batch_size, queries_per_video))
+            model_rates.append(model_only(grounder.session, grounder.runs, videos * queries_per_video, batch_size,
+                                          queries_per_video))
             model_cpu.append(cpu_seconds() - cpu)
             cpu = cpu_seconds()
             rate, count = end_to_end(grounder, archive, queries)
             e2e_rates.append(rate)
             e2e_cpu.append(cpu_seconds() - cpu)
     result = {
-        "videos": videos, "queries": count, "batch_size": batch_size, "workers": grounder.workers,
+        "videos": videos, "queries": count, "batch_size": batch_size, "runs": grounder.runs,
+        "threads": grounder.session.threads, "workers": grounder.workers,
         "provider": grounder.provider,
         "model_only_qps": [round(r, 1) for r in model_rates], "end_to_end_qps": [round(r, 1) for r in e2e_rates],
         "ratio_of_medians": round(statistics.median(e2e_rates) / statistics.median(model_rates), 3),
@@ -151,26 +158,28 @@ def _counts(text: str) -> list[int]:
 
 @main.command()
 @click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--threads", default="2,4,8", show_default=True, help="ONNX Runtime threads to try")
+@click.option("--threads", default="1,2,8", show_default=True, help="ONNX Runtime threads a run to try")
+@click.option("--runs", default="0", show_default=True, help="batches at once to try (0: as cnm-run)")
 @click.option("--workers", default="0,2", show_default=True, help="reader processes to try")
 @click.option("--videos", default=500, show_default=True)
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--compression", type=click.Choice(["gzip", "lzf"]), help="of the archive's datasets")
 @click.option("--repeats", default=3, show_default=True)
-def settings(model: Path, threads: str, workers: str, videos: int, batch_size: int, compression: str | None,
-             repeats: int) -> None:
-    """End-to-end queries/s (median of the repeats) at each pair of --threads and --workers."""
+def settings(model: Path, threads: str, runs: str, workers: str, videos: int, batch_size: int,
+             compression: str | None, repeats: int) -> None:
+    """End-to-end queries/s (median of the repeats) at each --threads, --runs and --workers."""
     with tempfile.TemporaryDirectory() as folder:
         spec = ModelSession(model, "cpu").spec
         archive, queries = make_archive(Path(folder), spec, videos, 4, compression=compression)
-        for thread_count in _counts(threads):
-            for worker_count in _counts(workers):
-                grounder = Grounder(model, provider="cpu", threads=thread_count, batch_size=batch_size,
-                                    workers=worker_count)
-                end_to_end(grounder, archive, queries)  # warm-up
-                rates = [end_to_end(grounder, archive, queries)[0] for _ in range(repeats)]
-                print(json.dumps({"threads": thread_count, "workers": worker_count, "compression": compression,
-                                  "end_to_end_qps": round(statistics.median(rates), 1)}), flush=True)
+        for thread_count, run_count, worker_count in itertools.product(_counts(threads), _counts(runs),
+                                                                         _counts(workers)):
+            grounder = Grounder(model, provider="cpu", threads=thread_count, runs=run_count or None,
+                                batch_size=batch_size, workers=worker_count)
+            end_to_end(grounder, archive, queries)  # warm-up
+            rates = [end_to_end(grounder, archive, queries)[0] for _ in range(repeats)]
+            print(json.dumps({"threads": thread_count, "runs": grounder.runs, "workers": worker_count,
+                              "compression": compression, "end_to_end_qps": round(statistics.median(rates), 1)}),
+                  flush=True)
 
 
 @main.command("one-run", hidden=True)

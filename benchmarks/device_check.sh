@@ -15,7 +15,7 @@
 # onnxruntime can run, and writes the benchmark's JSON, markdown and plot, and a log, to $OUT. Engines
 # the image cannot run are reported as not run (an image whose onnxruntime is a CPU build still runs
 # PyTorch CUDA fp32 and fp16). Batch 512 is added to the usual sizes: a GPU is far from full at 128.
-# Last, cnm-run's --threads and --workers on the machine's cores (cnm_run_scale.py settings, on
+# Last, cnm-run's --threads, --runs and --workers on the machine's cores (cnm_run_scale.py settings, on
 # archives of random features, plain and gzip-compressed), to $OUT/settings.jsonl.
 set -euo pipefail
 OUT=${OUT:-/tmp/cnm-device-out}
@@ -40,7 +40,7 @@ python3 -m benchmarks.run --checkpoint runs/demo/model-best.pt --vocab /tmp/demo
     --batch-sizes 1,16,64,128,512 --out-dir "$OUT"
 
 cnm-export runs/demo/model-best.pt --vocab /tmp/demo-data/glove.pkl -o /tmp/demo.onnx
-python3 benchmarks/cnm_run_scale.py settings --model /tmp/demo.onnx --threads 4,8,16 --workers 0,2,8 \
+python3 benchmarks/cnm_run_scale.py settings --model /tmp/demo.onnx --threads 1,2,8 --workers 0,2,8 \
     --videos 1000 --repeats 1 | tee "$OUT/settings.jsonl"
-python3 benchmarks/cnm_run_scale.py settings --model /tmp/demo.onnx --threads 8 --workers 0,2,8 \
+python3 benchmarks/cnm_run_scale.py settings --model /tmp/demo.onnx --threads 1 --workers 0,2,8 \
     --videos 500 --repeats 1 --compression gzip | tee -a "$OUT/settings.jsonl"

@@ -33,7 +33,8 @@ def cnm_run_executable() -> str:
 
 def run_cnm_run(model: Path, features: Path, queries: Path, batch_size: int, threads: int,
                 workdir: Path) -> EndToEnd:
-    """Ground every query of ``queries`` with cnm-run on the CPU provider; RuntimeError if it fails.
+    """Ground every query of ``queries`` with cnm-run on the CPU provider, ``threads`` batches at once of
+    one thread each (its defaults on that many cores); RuntimeError if it fails.
 
     The benchmark's queries file repeats a small labelled set, so cnm-run keeps only the last video: each
     copy reads its videos again, as a real run reads each video once for the queries that come together.
@@ -42,7 +43,8 @@ def run_cnm_run(model: Path, features: Path, queries: Path, batch_size: int, thr
     command = [
         cnm_run_executable(), "--model", str(model), "--features", str(features), "--queries", str(queries),
         "-o", str(workdir / "cnm-run-predictions.jsonl"), "--metrics", str(metrics_path),
-        "--batch-size", str(batch_size), "--provider", "cpu", "--threads", str(threads), "--keep-videos", "1",
+        "--batch-size", str(batch_size), "--provider", "cpu", "--threads", "1", "--runs", str(threads),
+        "--keep-videos", "1",
     ]
     started = time.perf_counter()
     with open(log_path, "w") as log:

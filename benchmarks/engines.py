@@ -27,6 +27,7 @@ class Engine:
     provider: str  # "cpu"/"cuda" for PyTorch; a ModelSession provider for ONNX Runtime
     needs_gpu: bool
     half: bool = False  # PyTorch: the model and its clips cast to float16 (ONNX Runtime engines: see graph)
+    side_by_side: bool = False  # one batch a thread at once, one thread each, as cnm-run runs on the CPU
 
     @property
     def is_torch(self) -> bool:
@@ -37,6 +38,9 @@ ENGINES = (
     Engine("torch-eager", "PyTorch eager fp32", "checkpoint", "cpu", needs_gpu=False),
     Engine("ort-fp32", "ONNX Runtime fp32", "fp32", "cpu", needs_gpu=False),
     Engine("ort-int8", "ONNX Runtime int8", "int8", "cpu", needs_gpu=False),
+    # the model alone run as cnm-run runs it on the CPU: the figure its end-to-end speed is compared with too
+    Engine("ort-fp32-side", "ONNX Runtime fp32, batches side by side", "fp32", "cpu", needs_gpu=False,
+           side_by_side=True),
     Engine("torch-cuda", "PyTorch CUDA fp32", "checkpoint", "cuda", needs_gpu=True),
     # what a GPU image with a CPU-only onnxruntime can still show of fp16 on the card
     Engine("torch-cuda-fp16", "PyTorch CUDA fp16", "checkpoint", "cuda", needs_gpu=True, half=True),

@@ -129,7 +129,9 @@ def export_models(inputs: Inputs, precisions: list[str], workdir: Path) -> Model
 
 
 def start_worker(engine: Engine, inputs: Inputs, models: Models, feed: Path, settings: Settings) -> Worker:
-    options = ["--inputs", str(feed), "--threads", str(settings.threads), "--max-batch", str(max(settings.batch_sizes))]
+    threads = ["--threads", "1", "--runs", str(settings.threads)] if engine.side_by_side else [
+        "--threads", str(settings.threads)]
+    options = ["--inputs", str(feed), *threads, "--max-batch", str(max(settings.batch_sizes))]
     options += ["--one-video-per-query"] if settings.one_video_per_query else []
     if engine.is_torch:
         options += ["--checkpoint", str(inputs.checkpoint.resolve())]
@@ -175,7 +177,7 @@ def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_en
                     latencies = answer["latencies_s"]
                     measured.latencies_s[name, batch] += latencies
                     measured.videos[name, batch] += answer["videos"]
-                    measured.round_qps[name, batch].append(batch * len(latencies) / sum(latencies))
+                    measured.round_qps[name, batch].append(batch * len(latencies) / answer["wall_s"])
                     progress.update()
             if measured.end_to_end_error is None:
                 try:
@@ -209,17 +211,23 @@ def end_to_end_results(measured: Measurements, engines: dict[str, dict], setting
     if not runs:
         return None
     batch = settings.reference_batch
-    model_only = engines["ort-fp32"].get("speed", {}).get(str(batch), {}).get("queries_per_s", {}).get("median")
+
+    def model_only(name: str) -> float | None:
+        return engines[name].get("speed", {}).get(str(batch), {}).get("queries_per_s", {}).get("median")
+
     qps = spread([run.queries_per_s for run in runs])
     return {
         "batch_size": batch,
+        "runs": settings.threads,
         "queries": runs[0].metrics["predicted"],
         "errors": runs[0].metrics["errors"],
         "queries_per_s": qps,
         "wall_s": spread([run.wall_s for run in runs]),
         "peak_rss_mb": max(run.peak_rss_mb for run in runs),
-        "model_only_queries_per_s": model_only,
-        "ratio": ratio(qps["median"], model_only),
+        "model_only_queries_per_s": model_only("ort-fp32"),
+        "ratio": ratio(qps["median"], model_only("ort-fp32")),
+        "side_by_side_queries_per_s": model_only("ort-fp32-side"),
+        "side_by_side_ratio": ratio(qps["median"], model_only("ort-fp32-side")),
         "mIoU": runs[0].metrics["mIoU"],
     }
 

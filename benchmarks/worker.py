@@ -5,11 +5,13 @@ so the coordinator starts one worker per engine and sends one command at a time 
 is one JSON line on stdout; anything else (ONNX Runtime notices included) is sent to stderr.
 
     {"cmd": "predict", "out": PATH}                    -> {"ok": true}  (every query; center, width to PATH)
-    {"cmd": "measure", "batch_size": B, "batches": N}  -> {"latencies_s": [N seconds], "videos": [N counts]}
+    {"cmd": "measure", "batch_size": B, "batches": N}  -> {"latencies_s": [N seconds], "videos": [N counts],
+                                                           "wall_s": seconds for all N}
 
 A measurement first runs one untimed batch (the warm-up), then N timed batches of consecutive queries,
 taken round-robin from the prepared inputs; a batch holds each of its videos once, as cnm-run's do
-(``--one-video-per-query``: each query its own copy). ``Worker`` is the coordinator's end of the pipe.
+(``--one-video-per-query``: each query its own copy). With ``--runs R`` the batches run R at once, each
+timed on its own, after R warm-up batches at once. ``Worker`` is the coordinator's end of the pipe.
 """
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -46,18 +50,27 @@ def predict(run: Runner, feed: Feed) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def measure(run: Runner, feed: Feed, batch_size: int, batches: int) -> dict[str, list]:
-    """Seconds per timed batch and the videos each held; the batch is built before its clock starts."""
-    for i in range(WARMUP_BATCHES):
-        run(batch_of(feed, i * batch_size, batch_size))
-    latencies, videos = [], []
-    for i in range(batches):
-        batch = batch_of(feed, i * batch_size, batch_size)
+def measure(run: Runner, feed: Feed, batch_size: int, batches: int, runs: int = 1) -> dict[str, Any]:
+    """Seconds per timed batch, the videos each held and the seconds for them all; the batches are built
+    before the clock starts."""
+    def timed(batch: Feed) -> float:
         started = time.perf_counter()
         run(batch)
-        latencies.append(time.perf_counter() - started)
-        videos.append(len(batch["frames"]))
-    return {"latencies_s": latencies, "videos": videos}
+        return time.perf_counter() - started
+
+    warmup = [batch_of(feed, i * batch_size, batch_size) for i in range(WARMUP_BATCHES * runs)]
+    timed_batches = [batch_of(feed, i * batch_size, batch_size) for i in range(batches)]
+    pool = ThreadPoolExecutor(runs) if runs > 1 else None  # one batch at a time runs in this thread
+    run_all = pool.map if pool else map
+    try:
+        list(run_all(timed, warmup))
+        started = time.perf_counter()
+        latencies = list(run_all(timed, timed_batches))
+        wall_s = time.perf_counter() - started
+    finally:
+        if pool:
+            pool.shutdown()
+    return {"latencies_s": latencies, "videos": [len(batch["frames"]) for batch in timed_batches], "wall_s": wall_s}
 
 
 def _protocol_stream():
@@ -75,10 +88,11 @@ def _protocol_stream():
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PyTorch engines")
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="PyTorch engines")
 @click.option("--threads", type=click.IntRange(min=1), required=True)
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True, help="batches run at once")
 @click.option("--max-batch", type=click.IntRange(min=1), required=True)
 @click.option("--one-video-per-query", "unshared", is_flag=True, help="no video shared between the queries of a batch")
 def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | None, vocab: Path | None,
-         threads: int, max_batch: int, unshared: bool) -> None:
+         threads: int, runs: int, max_batch: int, unshared: bool) -> None:
     answers = _protocol_stream()
 
     def answer(message: dict) -> None:
@@ -105,7 +119,7 @@ def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | 
             np.savez(command["out"], center=center, width=width)
             answer({"ok": True})
         else:
-            answer(measure(run, feed, command["batch_size"], command["batches"]))
+            answer(measure(run, feed, command["batch_size"], command["batches"], runs))
 
 
 class Worker:

@@ -25,7 +25,7 @@ from cnm_export.flops import Flops  # noqa: E402
 from cnm_runtime.synth import make_default_dataset  # noqa: E402
 from cnm_runtime.text import load_glove  # noqa: E402
 
-CPU_ENGINES = ("torch-eager", "ort-fp32", "ort-int8")
+CPU_ENGINES = ("torch-eager", "ort-fp32", "ort-int8", "ort-fp32-side")
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,9 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_run):
     e2e = results["end_to_end"]
     assert e2e["batch_size"] == 4 and e2e["queries"] == 32 and e2e["errors"] == 0
     assert e2e["peak_rss_mb"] > 0 and e2e["mIoU"] == pytest.approx(engines["ort-fp32"]["accuracy"]["mIoU"], abs=1e-6)
+    assert e2e["side_by_side_ratio"] == pytest.approx(
+        e2e["queries_per_s"]["median"] / engines["ort-fp32-side"]["speed"]["4"]["queries_per_s"]["median"])
+    assert engines["ort-fp32-side"]["accuracy"] == engines["ort-fp32"]["accuracy"]  # the same graph
     assert [target["met"] is not None for target in results["targets"]] == [True] * 5
     assert "| ONNX Runtime int8 | 4 |" in printed and "not run: no GPU" in printed
     for batch, name in results["fastest"].items():
