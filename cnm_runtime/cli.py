@@ -91,7 +91,7 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
                             batch_size=batch_size, workers=workers, keep_videos=keep_videos, trt_cache_dir=trt_cache)
     except (OSError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
-    log.info("model %s on %s, batches of %d, %d at once on %d threads each, %d reader processes", model,
+    log.info("model %s on %s, batches of %d (%d at once, threads a run: %d), reader processes: %d", model,
              grounder.provider, batch_size, grounder.runs, grounder.session.threads, grounder.workers)
 
     tally = RunTally()
