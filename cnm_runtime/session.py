@@ -56,8 +56,9 @@ def available_cores() -> int:
 # (benchmarks/cnm_run_scale.py settings).
 MAX_DEFAULT_THREADS = 8
 # On the CPU a run gets one thread and batches run side by side instead, one a core: the graph is many small
-# operators, and the threads of one run wait on each other. Demo model, batches of 64, 2 cores: two runs of
-# one thread each ran 4,134-4,301 queries/s, one run of two threads 2,871-2,905 (model alone, ready batches).
+# operators, and the threads of one run wait on each other. Demo model, batches of 64, 2 cores, the model
+# alone: 4,221.6 queries/s two runs of one thread at once, 2,848.0 one run of two threads
+# (python -m benchmarks.run, "ONNX Runtime fp32, batches side by side" against "ONNX Runtime fp32").
 CPU_THREADS_PER_RUN = 1
 
 
@@ -77,8 +78,8 @@ def _options(threads: int) -> ort.SessionOptions:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Flush denormals to zero: a softmax over masked keys underflows, and the CPU's slow path for denormal
     # results took a fifth of the demo model's time (measured on 2 cores). It holds on ONNX Runtime's own
-    # threads and on the thread that calls run, whichever that is (measured: one thread, batches of 64 took
-    # 29 ms run from the thread that made the session or from another, 43 ms without the entry); weights
+    # threads and on the thread that calls run, whichever that is (checked once with one thread: as fast run
+    # from another thread as from the one that made the session, a third slower without the entry); weights
     # below 1.2e-38 become 0.
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
