@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.engines import REFERENCE
-from benchmarks.summary import ACCURACY_METRICS, ratio
+from benchmarks.summary import ratio
+from cnm_runtime.spans import HEADLINE_METRICS
 
 
 def _number(value: float | None, digits: int = 1) -> str:
@@ -99,15 +100,15 @@ def _accuracy_table(results: dict[str, Any]) -> list[str]:
     lines = [
         f"### Accuracy on the {results['inputs']['queries_used']} labelled queries",
         "",
-        "| engine | " + " | ".join(ACCURACY_METRICS)
+        "| engine | " + " | ".join(HEADLINE_METRICS)
         + " | max abs d center | max abs d width | GFLOPs per query | of which per video |",
-        "|---|" + "---:|" * (len(ACCURACY_METRICS) + 4),
+        "|---|" + "---:|" * (len(HEADLINE_METRICS) + 4),
     ]
     for engine in results["engines"].values():
         if "accuracy" not in engine:
             continue
         figures = engine["accuracy"]
-        scores = " | ".join(f"{100 * figures[name]:.2f}" for name in ACCURACY_METRICS)
+        scores = " | ".join(f"{100 * figures[name]:.2f}" for name in HEADLINE_METRICS)
         drift = " | ".join("-" if figures[key] is None else f"{figures[key]:.1e}"
                            for key in ("max_abs_d_center", "max_abs_d_width"))
         gflops = " | ".join(_number(engine[key] / 1e9, 3) for key in ("flops_per_query", "flops_per_video"))

@@ -9,9 +9,8 @@ import numpy as np
 
 from benchmarks.engines import REFERENCE
 from cnm_export.flops import Flops
-from cnm_runtime.spans import grounding_metrics, spans_from_gaussian, temporal_iou
+from cnm_runtime.spans import HEADLINE_METRICS, grounding_metrics, spans_from_gaussian, temporal_iou
 
-ACCURACY_METRICS = ("IoU@0.3", "IoU@0.5", "IoU@0.7", "mIoU")
 
 
 def spread(values: list[float]) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def accuracy_figures(outputs: tuple[np.ndarray, np.ndarray], truth: np.ndarray,
                      reference: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
     """IoU@0.3/0.5/0.7 and mIoU (fractions), and the largest output differences from ``reference``."""
     metrics = grounding_metrics(temporal_iou(spans_from_gaussian(*outputs), truth))
-    figures: dict[str, Any] = {name: metrics[name] for name in ACCURACY_METRICS}
+    figures: dict[str, Any] = {name: metrics[name] for name in HEADLINE_METRICS}
     for key, ours, theirs in zip(("max_abs_d_center", "max_abs_d_width"), outputs, reference or (None, None)):
         figures[key] = None if theirs is None else float(np.max(np.abs(ours - theirs)))
     return figures

@@ -12,7 +12,7 @@ from cnm_export.flops import graph_flops
 from cnm_export.verify import verify_export
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--vocab", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="glove.pkl of training  [default: the checkpoint config's dataset.vocab_path]")

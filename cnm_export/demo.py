@@ -24,14 +24,16 @@ import click
 
 from cnm_export.export import export_checkpoint
 from cnm_runtime.annotations import load_annotations
-from cnm_runtime.writers import write_queries
-from cnm_runtime.synth import DEFAULT_NUM_VIDEOS, make_default_dataset, synthesize_archive
+from cnm_runtime.datasets.dataset_files import write_queries
+from cnm_runtime.datasets.default import DEFAULT_NUM_VIDEOS, make_default_dataset
+from cnm_runtime.datasets.synth import synthesize_archive
+from cnm_runtime.report import markdown_table
+from cnm_runtime.spans import HEADLINE_METRICS
 from cnm_runtime.text import load_glove
 from cnm_train.config import load_config
 from cnm_train.trainer import RunOptions, evaluate_checkpoint, fit
 
 log = logging.getLogger("cnm-demo")
-ACCURACY = ("IoU@0.3", "IoU@0.5", "IoU@0.7", "mIoU")
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,10 @@ def format_report(pytorch: dict[str, Any], onnx: dict[str, Any], pytorch_s: floa
         ("PyTorch (eager, cnm-train --eval)", pytorch["test"], queries / pytorch_s),
         (f"ONNX Runtime ({onnx['provider']}, cnm-run)", onnx, onnx["queries_per_s"]),
     ]
-    lines = [f"| engine | {' | '.join(ACCURACY)} | queries/s |", "|---" * (len(ACCURACY) + 2) + "|"]
-    for name, metrics, speed in rows:
-        cells = " | ".join(f"{metrics[m]:.4f}" for m in ACCURACY)
-        lines.append(f"| {name} | {cells} | {'-' if speed is None else f'{speed:.0f}'} |")
-    return "\n".join(lines)
+    return "\n".join(markdown_table(
+        ["engine", *HEADLINE_METRICS, "queries/s"],
+        [[name, *(f"{metrics[m]:.4f}" for m in HEADLINE_METRICS), "-" if speed is None else f"{speed:.0f}"]
+         for name, metrics, speed in rows]))
 
 
 def run_demo(out: Path, seed: int = 0, charades: Path | None = None, epochs: int | None = None,

@@ -23,7 +23,7 @@ from cnm_runtime.feed import Feed, take_queries
 from cnm_runtime.model_spec import ModelSpec
 from cnm_runtime.queries import Query, QueryError, read_queries
 from cnm_runtime.session import ModelSession
-from cnm_runtime.spans import grounding_metrics, spans_from_gaussian, temporal_iou
+from cnm_runtime.spans import HEADLINE_METRICS, grounding_metrics, spans_from_gaussian, temporal_iou
 from cnm_runtime.text import EncodedQuery, Vocabulary, pad_word_ids
 from cnm_runtime.videos import load_clips
 from cnm_train.model import CNM
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 TOLERANCE = {"fp32": 1e-5}  # max |d center| and |d width|; fp16 and int8 are reported, not judged
 RANDOM_BATCHES = (1, 7, 64)
-REPORTED_METRICS = ("IoU@0.5", "mIoU")
 CHUNK = 64  # queries per forward pass on the labelled set
 
 
@@ -74,12 +73,12 @@ class Verification:
         lines = [
             f"ONNX Runtime (CPU, {self.precision}) vs PyTorch (fp32, unpruned); tolerance: {tolerance}",
             f"{'case':<30}{'queries':>8}{'max|d center|':>15}{'max|d width|':>14}"
-            + "".join(f"{'d ' + name:>11}" for name in REPORTED_METRICS) + f"{'result':>10}",
+            + "".join(f"{'d ' + name:>12}" for name in HEADLINE_METRICS) + f"{'result':>10}",
         ]
         for case in self.cases:
             changes = case.metric_change or {}
             metrics = "".join(
-                f"{changes[name]:>+11.4f}" if name in changes else f"{'-':>11}" for name in REPORTED_METRICS
+                f"{changes[name]:>+12.4f}" if name in changes else f"{'-':>12}" for name in HEADLINE_METRICS
             )
             lines.append(
                 f"{case.case:<30}{case.queries:>8}{case.max_center:>15.2e}{case.max_width:>14.2e}"
@@ -184,7 +183,7 @@ def verify_labelled(session: ModelSession, model: CNM, word_vectors: np.ndarray,
     ours = _in_chunks(lambda feed: session.run(**feed), labelled.feed)
     reference = _in_chunks(lambda feed: pytorch_outputs(model, word_vectors, feed), labelled.feed)
     ours_metrics, reference_metrics = _metrics(ours, labelled.truth), _metrics(reference, labelled.truth)
-    change = {name: ours_metrics[name] - reference_metrics[name] for name in REPORTED_METRICS}
+    change = {name: ours_metrics[name] - reference_metrics[name] for name in HEADLINE_METRICS}
     cases = [_compare("labelled set vs PyTorch", ours, reference, change)]
     expected_path = Path(directory) / "expected.npz"
     if expected_path.exists():

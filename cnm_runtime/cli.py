@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.grounder import Grounder
-from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
+from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import Query, QueryError, count_queries, qid_key, read_queries
 from cnm_runtime.report import RunTally, summary_lines
 from cnm_runtime.session import FALLBACKS

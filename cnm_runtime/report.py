@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -56,6 +56,13 @@ class RunTally:
             "wall_s": round(wall_s, 3),
             "queries_per_s": round(processed / wall_s, 1) if wall_s > 0 else None,
         }
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None) -> list[str]:
+    """A markdown table as lines; ``align`` holds one character a column, ``l`` or ``r`` (default: all left)."""
+    align = align or "l" * len(header)
+    rule = "|" + "|".join("---:" if side == "r" else "---" for side in align) + "|"
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:

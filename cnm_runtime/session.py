@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cnm_runtime.cores import available_cores
 from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,6 @@ CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 def default_trt_cache_dir() -> Path:
     """Where TensorRT engines and timing caches are kept between runs (engines take minutes to build)."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnm" / "tensorrt"
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # The threads cnm-run keeps busy when none are asked for: one per core, at most this many. With one run of

@@ -5,6 +5,8 @@ import numpy as np
 
 IOU_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9)
 METRIC_NAMES = tuple(f"IoU@{t}" for t in IOU_THRESHOLDS) + ("mIoU",)
+# The columns tables show where all five thresholds would be too many.
+HEADLINE_METRICS = ("IoU@0.3", "IoU@0.5", "IoU@0.7", "mIoU")
 
 
 def spans_from_gaussian(center: np.ndarray, width: np.ndarray) -> np.ndarray:

@@ -16,6 +16,19 @@ from cnm_train.config import ModelConfig
 from cnm_train.model import CNM
 
 
+def build_model(config: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> CNM:
+    """The CNM of ``config`` (a full config with the runner's injected keys), with ``weights`` if given
+    (strict: every name must match; ValueError otherwise)."""
+    model = CNM(ModelConfig.from_config(config))
+    if weights is not None:
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise ValueError(f"the checkpoint's weights do not fit the config's model: {first_line}") from None
+    return model
+
+
 @dataclass
 class Checkpoint:
     num_updates: int
@@ -23,10 +36,8 @@ class Checkpoint:
     model_parameters: dict[str, torch.Tensor]
 
     def build_model(self) -> CNM:
-        """A CNM in eval mode with these weights (strict: every name must match)."""
-        model = CNM(ModelConfig.from_config(self.config))
-        model.load_state_dict(self.model_parameters, strict=True)
-        return model.eval()
+        """A CNM in eval mode with these weights, built from the checkpoint's own config."""
+        return build_model(self.config, self.model_parameters).eval()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:

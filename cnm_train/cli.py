@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-SHIPPED_NAMES = "charades_i3d, activitynet_clip, activitynet_c3d, charades_synth_small, default"
+from cnm_train.config import SHIPPED_CONFIGS
+
 DEFAULT_CONFIG = "default"
 
 
@@ -46,7 +47,7 @@ def checkpoint_config(path: Path) -> dict[str, Any]:
 def ensure_default_data(config: dict[str, Any]) -> None:
     """Make the embedded synthetic dataset where the default config expects it, so that a bare
     ``cnm-train`` works on a fresh machine with nothing downloaded."""
-    from cnm_runtime.synth import make_default_dataset
+    from cnm_runtime.datasets.default import make_default_dataset
 
     data_dir = Path(config["dataset"]["feature_path"]).parent
     if not Path(config["dataset"]["feature_path"]).exists():
@@ -64,7 +65,7 @@ def setup_logging(log_dir: Path | None, tag: str) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config-path", help=f"Config JSON (the original layout), or a shipped name: {SHIPPED_NAMES} "
+@click.option("--config-path", help=f"Config JSON (the original layout), or a shipped name: {', '.join(SHIPPED_CONFIGS)} "
               "[default: default, the embedded synthetic dataset, made in data/default on first use]. "
               "Optional with --resume, which then uses the checkpoint's config.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False, path_type=Path),

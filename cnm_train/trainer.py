@@ -12,7 +12,6 @@ exactly where training stopped. Randomness is re-seeded from (seed, epoch) at ev
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import random
@@ -29,10 +28,13 @@ import torch
 from tqdm import tqdm
 
 from cnm_runtime.annotations import load_annotations
+from cnm_runtime.cores import available_cores
+from cnm_runtime.report import markdown_table
+from cnm_runtime.result_files import write_json_atomic
 from cnm_runtime.spans import METRIC_NAMES
 from cnm_runtime.text import Vocabulary, load_glove
-from cnm_train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from cnm_train.config import ModelConfig, inject_model_keys
+from cnm_train.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint
+from cnm_train.config import inject_model_keys
 from cnm_train.data import Batch, GroundingDataset, Sample, existing_file, load_split, load_splits, make_loader
 from cnm_train.evaluation import evaluate, prior_metrics
 from cnm_train.losses import ivc_loss, rec_loss, reconstruction_mask
@@ -90,13 +92,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def configure_torch(options: RunOptions) -> torch.device:
     seed_everything(options.seed)
-    torch.set_num_threads(options.threads or usable_cores())
+    torch.set_num_threads(options.threads or available_cores())
     return resolve_device(options.device)
 
 
@@ -105,19 +103,6 @@ def load_vocabulary(dataset_cfg: dict[str, Any]) -> tuple[Vocabulary, np.ndarray
     glove = load_glove(existing_file(dataset_cfg["vocab_path"], "dataset.vocab_path"))
     vocabulary = Vocabulary.from_glove(glove, int(dataset_cfg["vocab_size"]))
     return vocabulary, vocabulary.word_vectors(glove)
-
-
-def build_model(config: dict[str, Any], vocab_size: int, checkpoint: Checkpoint | None = None) -> CNM:
-    """The model of ``config`` (the runner's injected keys added), with the checkpoint's weights if given."""
-    inject_model_keys(config, vocab_size)
-    model = CNM(ModelConfig.from_config(config))
-    if checkpoint is not None:
-        try:
-            model.load_state_dict(checkpoint.model_parameters, strict=True)
-        except RuntimeError as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise ValueError(f"the checkpoint's weights do not fit the config's model: {first_line}") from None
-    return model
 
 
 def make_dataset(samples: list[Sample], dataset_cfg: dict[str, Any], word_vectors: np.ndarray) -> GroundingDataset:
@@ -132,13 +117,6 @@ def tagged_copy(config: dict[str, Any], tag: str) -> dict[str, Any]:
     return config
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomically, so a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def state_path(checkpoint: Path) -> Path:
     """``model-3.pt`` -> ``model-3.state.pt``."""
     return checkpoint.with_suffix(".state.pt")
@@ -146,10 +124,8 @@ def state_path(checkpoint: Path) -> Path:
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """A markdown table, one row per entry, one column per metric."""
-    lines = ["| | " + " | ".join(METRIC_NAMES) + " |", "|---" * (len(METRIC_NAMES) + 1) + "|"]
-    for name, metrics in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[m]:.4f}" for m in METRIC_NAMES) + " |")
-    return "\n".join(lines)
+    return "\n".join(markdown_table(["", *METRIC_NAMES],
+                                    [[name, *(f"{metrics[m]:.4f}" for m in METRIC_NAMES)] for name, metrics in rows.items()]))
 
 
 # --- one batch, one epoch ----------------------------------------------------------------------------
@@ -254,7 +230,8 @@ def fit(config: dict[str, Any], options: RunOptions, resume: Path | None = None)
              len(splits.train), len(splits.val), len(splits.test), train_cfg["word_mask_weights"])
 
     checkpoint = load_checkpoint(resume) if resume else None
-    model = build_model(config, vocabulary.size, checkpoint).to(device)
+    model = build_model(inject_model_keys(config, vocabulary.size),
+                        checkpoint.model_parameters if checkpoint else None).to(device)
     optimizers = phase_optimizers(model, train_cfg)
     state = restore(checkpoint, resume, optimizers) if checkpoint else TrainState()
     num_epochs = int(train_cfg["max_num_epochs"])
@@ -284,7 +261,7 @@ def fit(config: dict[str, Any], options: RunOptions, resume: Path | None = None)
                  epoch, record["val"]["mIoU"], record["test"]["mIoU"], stats["seconds_per_batch"])
         keep_if_best(record, path, state)
         save_train_state(path, epoch, state, optimizers)
-        write_json(out / "metrics.json", metrics_summary(state, prior, splits.validation))
+        write_json_atomic(out / "metrics.json", metrics_summary(state, prior, splits.validation))
     return metrics_summary(state, prior, splits.validation)
 
 
@@ -329,7 +306,7 @@ def evaluate_checkpoint(config: dict[str, Any], checkpoint_path: Path, options: 
     dataset_cfg = config["dataset"]
     vocabulary, word_vectors = load_vocabulary(dataset_cfg)
     checkpoint = load_checkpoint(checkpoint_path)
-    model = build_model(config, vocabulary.size, checkpoint).to(device)
+    model = build_model(inject_model_keys(config, vocabulary.size), checkpoint.model_parameters).to(device)
     feature_path = existing_file(dataset_cfg["feature_path"], "dataset.feature_path")
     test = load_split(dataset_cfg, "test_data", vocabulary, choose_method(), feature_path)
     train = load_annotations(existing_file(dataset_cfg["train_data"], "dataset.train_data"))
@@ -344,5 +321,5 @@ def evaluate_checkpoint(config: dict[str, Any], checkpoint_path: Path, options: 
     }
     out = Path(config["train"]["model_saved_path"])
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"eval-{checkpoint_path.stem}.json", result)
+    write_json_atomic(out / f"eval-{checkpoint_path.stem}.json", result)
     return result

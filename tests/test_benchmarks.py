@@ -22,7 +22,7 @@ from benchmarks.summary import check_targets, speed_figures  # noqa: E402
 from benchmarks.worker import Worker  # noqa: E402
 from cnm_export.export import export_checkpoint  # noqa: E402
 from cnm_export.flops import Flops  # noqa: E402
-from cnm_runtime.synth import make_default_dataset  # noqa: E402
+from cnm_runtime.datasets.default import make_default_dataset  # noqa: E402
 from cnm_runtime.text import load_glove  # noqa: E402
 
 CPU_ENGINES = ("torch-eager", "ort-fp32", "ort-int8", "ort-fp32-side")

@@ -13,7 +13,7 @@ import pytest
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.feed import one_video_per_query, take_queries
 from cnm_runtime.grounder import Grounder, Prediction
-from cnm_runtime.outputs import JsonLines, read_back, write_json_atomic
+from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
 from cnm_runtime import session as session_module
 from cnm_runtime.report import RunTally

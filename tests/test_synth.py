@@ -10,11 +10,11 @@ from click.testing import CliRunner
 
 from cnm_runtime.annotations import Annotation, load_annotations
 from cnm_runtime.archive import FeatureArchive
-from cnm_runtime.convert import convert_npy_folder
-from cnm_runtime.convert import main as convert_main
-from cnm_runtime.synth import (DEFAULT_RECIPE, I3D_LIKE, SentenceSignal, make_default_dataset, moment_rows,
-                                synthesize_archive)
-from cnm_runtime.synth_cli import main as synth_main
+from cnm_runtime.datasets.convert import convert_npy_folder
+from cnm_runtime.datasets.convert import main as convert_main
+from cnm_runtime.datasets.default import DEFAULT_RECIPE, make_default_dataset
+from cnm_runtime.datasets.synth import I3D_LIKE, SentenceSignal, moment_rows, synthesize_archive
+from cnm_runtime.datasets.cli import main as synth_main
 from cnm_runtime.text import Vocabulary, load_glove
 from conftest import write_glove
 
@@ -49,7 +49,7 @@ def test_archive_layout_attributes_and_durations(tmp_path, glove):
             assert archive.duration(video) == duration
             assert features.min() >= 0 and features.mean() > 0.3  # I3D-like: non-negative, mostly active
         attrs = archive.attrs
-    assert attrs["synthetic"] and attrs["generator"] == "cnm_runtime.synth"
+    assert attrs["synthetic"] and attrs["generator"] == "cnm_runtime.datasets.synth"
     assert (attrs["seed"], attrs["frame_dim"], attrs["rows_per_second"]) == (5, 48, 3.0)
     assert json.loads(attrs["sources"]) == ["train.json"]
     assert info.rows == 90 + 62 + 33

@@ -15,14 +15,14 @@ from conftest import write_glove  # noqa: E402
 
 from cnm_runtime.annotations import Annotation  # noqa: E402
 from cnm_runtime.text import Vocabulary, load_glove  # noqa: E402
-from cnm_train.config import load_config  # noqa: E402
+from cnm_train.config import inject_model_keys, load_config  # noqa: E402
 from cnm_train.data import GroundingDataset, holdout_by_video, prepare_samples  # noqa: E402
 from cnm_train.losses import ivc_loss, query_nll, rec_loss, reconstruction_mask  # noqa: E402
 from cnm_train import masking  # noqa: E402
 from cnm_train.masking import CLOSED_CLASS_LIST, mask_probabilities, sample_masked_slots, word_weights  # noqa: E402
 from cnm_train.optim import InverseSqrtSchedule, phase_optimizers  # noqa: E402
-from cnm_train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from cnm_train.trainer import RunOptions, build_model, fit, restore, train_step  # noqa: E402
+from cnm_train.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
+from cnm_train.trainer import RunOptions, fit, restore, train_step  # noqa: E402
 
 WORDS = ["person", "the", "a", "door", "opens", "closes", "cup", "holds", "book", "in", "kitchen", "takes"]
 SENTENCES = ["a person opens the door.", "person holds a cup in the kitchen.", "the person takes a book.",
@@ -212,7 +212,7 @@ def test_a_step_changes_only_the_parameters_of_its_phase(tiny, tmp_path, phase):
     config = tiny_config(tiny, tmp_path / "out")
     _, batch, vocabulary = tiny_batch(tiny)
     torch.manual_seed(0)
-    model = build_model(config, vocabulary.size).train()
+    model = build_model(inject_model_keys(config, vocabulary.size)).train()
     optimizers = phase_optimizers(model, config["train"])
     frozen = optimizers[1] if phase == "reconstructor" else optimizers[0]
     for group in frozen.adam.param_groups:
@@ -245,7 +245,7 @@ def test_resume_continues_num_updates_schedule_and_weights(tiny, tmp_path):
 def test_resuming_a_checkpoint_without_state_continues_the_schedule(tiny, tmp_path):
     """An original checkpoint has no .state.pt: num_updates and the learning rates still continue."""
     config = tiny_config(tiny, tmp_path)
-    model = build_model(config, len(WORDS) + 1)
+    model = build_model(inject_model_keys(config, len(WORDS) + 1))
     save_checkpoint(tmp_path / "original.pt", model, config, num_updates=250)
     optimizers = phase_optimizers(model, config["train"])
     state = restore(load_checkpoint(tmp_path / "original.pt"), tmp_path / "original.pt", optimizers)
@@ -266,5 +266,5 @@ def test_our_checkpoint_has_the_original_layout(tiny, tmp_path, golden_dir):
     assert set(ours["config"]["model"]["config"]) == set(original["config"]["model"]["config"])
     assert set(original["config"]["train"]) <= set(ours["config"]["train"])
     assert ours["config"]["train"]["word_mask_weights"] in ("nltk_pos_tag", CLOSED_CLASS_LIST)
-    model = build_model(ours["config"], len(WORDS) + 1)
+    model = build_model(inject_model_keys(ours["config"], len(WORDS) + 1))
     model.load_state_dict(ours["model_parameters"], strict=True)

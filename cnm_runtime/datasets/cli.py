@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from cnm_runtime.convert import read_annotation_files
-from cnm_runtime.synth import (DEFAULT_NUM_VIDEOS, DEFAULT_QUERIES_PER_VIDEO, SynthInfo, make_default_dataset,
-                               synthesize_archive)
+from cnm_runtime.datasets.convert import read_annotation_files
+from cnm_runtime.datasets.default import DEFAULT_NUM_VIDEOS, DEFAULT_QUERIES_PER_VIDEO, make_default_dataset
+from cnm_runtime.datasets.synth import SynthInfo, synthesize_archive
 from cnm_runtime.text import load_glove
 
 

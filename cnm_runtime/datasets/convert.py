@@ -1,7 +1,7 @@
 """Bring features and annotations from elsewhere into the formats the toolkit reads.
 
-    python -m cnm_runtime.convert npy-to-hdf5 FOLDER -o features.hdf5 [--annotations train.json ...]
-    python -m cnm_runtime.convert annotations-to-queries test.json [more.json ...] -o queries.jsonl
+    python -m cnm_runtime.datasets.convert npy-to-hdf5 FOLDER -o features.hdf5 [--annotations train.json ...]
+    python -m cnm_runtime.datasets.convert annotations-to-queries test.json [more.json ...] -o queries.jsonl
 
 A bad .npy file is reported on stderr and left out; the others are still written.
 """
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from cnm_runtime.annotations import Annotation, load_annotations
 from cnm_runtime.errors import InputError
 from cnm_runtime.features import validate_features
-from cnm_runtime.writers import ArchiveWriter, write_queries
+from cnm_runtime.datasets.dataset_files import ArchiveWriter, write_queries
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def convert_npy_folder(
     durations = {annotation.video: annotation.duration for annotation in annotations}
     attrs = {
         "synthetic": False,
-        "generator": "cnm_runtime.convert npy-to-hdf5",
+        "generator": "cnm_runtime.datasets.convert npy-to-hdf5",
         "cnm_version": version("cnm"),
         "sources": json.dumps([folder.name]),
     }
