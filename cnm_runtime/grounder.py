@@ -29,7 +29,7 @@ import numpy as np
 
 from cnm_runtime.background import in_background
 from cnm_runtime.errors import InputError
-from cnm_runtime.queries import Query, QueryError, as_queries
+from cnm_runtime.queries import Query, QueryError, QueryLine, as_lines, parse
 from cnm_runtime.session import ModelSession
 from cnm_runtime.spans import spans_from_gaussian, temporal_iou
 from cnm_runtime.text import EncodedQuery, pad_word_ids
@@ -153,7 +153,8 @@ class Grounder:
     def ground(self, archive: str | Path, queries: str | Path | Iterable[Query | QueryError | dict]
                ) -> Iterator[Prediction | QueryError]:
         """One Prediction or QueryError per query, predictions in input order; a bad query never stops it."""
-        batches = in_background(self._batches(archive, as_queries(queries)), BATCHES_AHEAD)
+        parsed = (parse(item) if isinstance(item, QueryLine) else item for item in as_lines(queries))
+        batches = in_background(self._batches(archive, parsed), BATCHES_AHEAD)
         model = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model")
         # in input order: errors, and each batch's queries with the future of the model's (center, width)
         pending: deque[QueryError | tuple[list[_Ready], Future]] = deque()

@@ -82,42 +82,52 @@ def query_from_record(record: Any, line: int) -> Query:
                  None if duration is None else float(duration), timestamps)
 
 
-def _checked(record: Any, line: int) -> Query | QueryError:
+@dataclass(frozen=True)
+class QueryLine:
+    """One entry of a queries source as read, before it is checked: reading is cheap and runs in order,
+    parsing runs where batches are made (in feed processes too)."""
+
+    line: int  # 1-based line of the queries file (entry number for an annotation list)
+    content: bytes | list | dict  # a JSON line's bytes, an annotation-list entry, or a record given in Python
+
+
+def parse(item: QueryLine) -> Query | QueryError:
+    """The ``Query`` of one entry, or a ``QueryError`` saying what is wrong with it."""
+    line, content = item.line, item.content
+    if isinstance(content, bytes):
+        try:
+            content = json.loads(content)
+        except json.JSONDecodeError as error:
+            return QueryError(line - 1, line, "malformed_json", f"line {line}: not valid JSON ({error.msg})")
+    elif isinstance(content, list):
+        try:
+            annotation = parse_annotation(content, f"entry {line - 1}")
+        except ValueError as error:
+            return QueryError(line - 1, line, "malformed_entry", str(error))
+        content = {"qid": line - 1, "video": annotation.video, "query": annotation.sentence,
+                   "duration": annotation.duration, "timestamps": [annotation.start, annotation.end]}
     try:
-        return query_from_record(record, line)
+        return query_from_record(content, line)
     except InputError as error:
-        qid = record.get("qid", line - 1) if isinstance(record, dict) else line - 1
+        qid = content.get("qid", line - 1) if isinstance(content, dict) else line - 1
         return QueryError(qid if isinstance(qid, (str, int)) else None, line, error.code, error.message)
 
 
-def _json_lines(path: Path) -> Iterator[Query | QueryError]:
-    with open(path, encoding="utf-8", errors="replace") as handle:
+def _json_lines(path: Path) -> Iterator[QueryLine]:
+    with open(path, "rb") as handle:
         for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                yield QueryError(line - 1, line, "malformed_json", f"line {line}: not valid JSON ({error.msg})")
-                continue
-            yield _checked(record, line)
+            if text.strip():
+                yield QueryLine(line, text)
 
 
-def _annotation_list(path: Path) -> Iterator[Query | QueryError]:
+def _annotation_list(path: Path) -> Iterator[QueryLine | QueryError]:
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         yield QueryError(None, error.lineno, "malformed_json", f"{path}: not a valid JSON annotation list ({error})")
         return
     for index, item in enumerate(items):
-        try:
-            annotation = parse_annotation(item, f"entry {index}")
-        except ValueError as error:
-            yield QueryError(index, index + 1, "malformed_entry", str(error))
-            continue
-        record = {"qid": index, "video": annotation.video, "query": annotation.sentence,
-                  "duration": annotation.duration, "timestamps": [annotation.start, annotation.end]}
-        yield _checked(record, index + 1)
+        yield QueryLine(index + 1, item)
 
 
 def _starts_with_list(path: Path) -> bool:
@@ -126,12 +136,18 @@ def _starts_with_list(path: Path) -> bool:
     return head.startswith(b"[")
 
 
-def read_queries(path: str | Path) -> Iterator[Query | QueryError]:
-    """Queries of ``path`` in file order; a file whose first character is ``[`` is an annotation list."""
+def read_lines(path: str | Path) -> Iterator[QueryLine | QueryError]:
+    """The entries of ``path`` in file order, unparsed; a file whose first character is ``[`` is an
+    annotation list."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"queries file {path} does not exist")
     return _annotation_list(path) if _starts_with_list(path) else _json_lines(path)
+
+
+def read_queries(path: str | Path) -> Iterator[Query | QueryError]:
+    """The queries of ``path`` in file order, each parsed."""
+    return (parse(item) if isinstance(item, QueryLine) else item for item in read_lines(path))
 
 
 def count_queries(path: str | Path) -> int:
@@ -146,10 +162,10 @@ def count_queries(path: str | Path) -> int:
         return sum(1 for text in handle if text.strip())
 
 
-def as_queries(source: str | Path | Iterable[Query | QueryError | dict]) -> Iterator[Query | QueryError]:
-    """A queries file, or records given in Python (dicts as in JSON lines, numbered from line 1)."""
+def as_lines(source: str | Path | Iterable[Query | QueryError | dict]) -> Iterator[QueryLine | Query | QueryError]:
+    """A queries file's entries, or records given in Python (dicts as in JSON lines, numbered from line 1)."""
     if isinstance(source, (str, Path)):
-        yield from read_queries(source)
+        yield from read_lines(source)
         return
     for line, item in enumerate(source, start=1):
-        yield item if isinstance(item, (Query, QueryError)) else _checked(item, line)
+        yield item if isinstance(item, (Query, QueryError)) else QueryLine(line, item)
