@@ -118,13 +118,74 @@ class EncodedQuery:
         return len(self.word_ids)
 
 
-def load_glove(path: str | Path) -> dict[str, Any]:
-    """The original ``glove.pkl``: a dict with ``w2id``, ``id2vec`` and ``counter``."""
-    with open(path, "rb") as handle:
-        glove = pickle.load(handle)
+# Everything a pickled glove.pkl may name: the collections and numpy types its dict holds, and numpy's
+# helpers that rebuild arrays, scalars and dtypes (``numpy.core`` where numpy 1.x wrote the file,
+# ``numpy._core`` where numpy 2.x did; ``_frombuffer`` for pickle protocol 5, ``_codecs.encode`` for the
+# bytes of protocol 2 and below). A pickle that names anything else could run it as it loads.
+_GLOVE_GLOBALS = frozenset(
+    {("collections", "Counter"), ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+    | {(f"{core}.multiarray", name) for core in ("numpy.core", "numpy._core") for name in ("_reconstruct", "scalar")}
+    | {(f"{core}.numeric", "_frombuffer") for core in ("numpy.core", "numpy._core")}
+)
+
+
+class GloveFormatError(ValueError):
+    """A file given as a glove.pkl that is not one, or names something a glove.pkl never holds."""
+
+
+class _GloveUnpickler(pickle.Unpickler):
+    """Unpickles only what ``_GLOVE_GLOBALS`` allows; any other name fails before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _GLOVE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a glove.pkl never holds "
+                                         "(refused: unpickling it could run code)")
+        return super().find_class(module, name)
+
+
+def _is_vector(value: Any) -> bool:
+    """A 1-D numpy array of numbers, or a list of plain numbers."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in "fiu"
+    return isinstance(value, list) and all(type(x) in (float, int) for x in value)
+
+
+def _glove_problem(glove: Any) -> str | None:
+    """What is wrong with an unpickled glove.pkl, or None."""
+    if not isinstance(glove, dict):
+        return f"it holds a {type(glove).__name__}, not a dict"
     missing = {"w2id", "id2vec", "counter"} - set(glove)
     if missing:
-        raise ValueError(f"{path}: not a CNM glove.pkl, missing {sorted(missing)}")
+        return f"no {sorted(missing)}"
+    w2id, id2vec, counter = glove["w2id"], glove["id2vec"], glove["counter"]
+    if not isinstance(id2vec, list) or not all(map(_is_vector, id2vec)):
+        return "'id2vec' is not a list of 1-D vectors of numbers"
+    if len({len(vector) for vector in id2vec}) > 1:
+        return "the vectors of 'id2vec' differ in length"
+    if not isinstance(w2id, dict) or not all(isinstance(word, str) and type(i) is int and 0 <= i < len(id2vec)
+                                             for word, i in w2id.items()):
+        return f"'w2id' does not map words to ids 0..{len(id2vec) - 1} of 'id2vec'"
+    if not isinstance(counter, Counter) or not all(isinstance(word, str) and type(count) is int
+                                                   for word, count in counter.items()):
+        return "'counter' is not a Counter of words"
+    return None
+
+
+def load_glove(path: str | Path) -> dict[str, Any]:
+    """The original ``glove.pkl``: a dict with ``w2id`` (word -> id), ``id2vec`` (the vectors, by id) and
+    ``counter`` (a Counter of words).
+
+    The file is read as data: a pickle naming anything but the types above fails before any of it is
+    called, and a file of another layout fails too; both raise GloveFormatError naming the file.
+    """
+    with open(path, "rb") as handle:
+        try:
+            glove = _GloveUnpickler(handle).load()
+        except Exception as error:  # a damaged pickle raises almost any type; none of them is a glove.pkl
+            raise GloveFormatError(f"{path}: not a CNM glove.pkl: {error}") from error
+    problem = _glove_problem(glove)
+    if problem:
+        raise GloveFormatError(f"{path}: not a CNM glove.pkl: {problem}")
     return glove
 
 

@@ -7,7 +7,6 @@ Logs go to stderr; the paths written go to stdout, one per line.
 """
 from __future__ import annotations
 
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -68,8 +67,8 @@ def main(annotation_files, glove, default, out, frame_dim, rows_per_second, seed
     annotations = read_annotation_files(annotation_files)
     try:
         glove_dict = load_glove(glove)
-    except (ValueError, OSError, EOFError, pickle.UnpicklingError) as error:
-        raise click.BadParameter(f"{glove}: {error}", param_hint="--glove") from error
+    except (ValueError, OSError) as error:  # the message names the file
+        raise click.BadParameter(str(error), param_hint="--glove") from error
     info = synthesize_archive(
         out, annotations, glove_dict, frame_dim=frame_dim, rows_per_second=rows_per_second, seed=seed,
         vocab_cap=vocab_cap, sources=[Path(path).name for path in annotation_files], progress=True,
