@@ -1,4 +1,4 @@
-"""The engines a benchmark compares, and how a worker process turns one into ``run(feed) -> (center, width)``.
+"""The engines a benchmark compares, and how a worker process turns one into ``run(batch) -> (center, width)``.
 
 PyTorch engines run the checkpoint's ``generate`` unpruned, as the original code does (sharing each
 video's first steps among its queries of the batch, as the exported graph does); ONNX Runtime
@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from cnm_runtime.feed import Feed
+from cnm_runtime.batch import Batch
 
-Runner = Callable[[Feed], tuple[np.ndarray, np.ndarray]]
+Runner = Callable[[Batch], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,17 @@ def torch_runner(checkpoint: Path, vocab: Path | None, device: str, threads: int
     torch.set_num_threads(threads)
     source = load_source(checkpoint, vocab)
     if device == "cpu" and not half:
-        return lambda feed: pytorch_outputs(source.model, source.word_vectors, feed)
+        return lambda batch: pytorch_outputs(source.model, source.word_vectors, batch)
 
     dtype = torch.float16 if half else torch.float32
     model = source.model.to(device, dtype)
     table = torch.from_numpy(source.word_vectors).to(device, dtype)
 
-    def run(feed: Feed) -> tuple[np.ndarray, np.ndarray]:
+    def run(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            frames = torch.from_numpy(feed["frames"]).to(device, dtype)
-            video_index, word_ids, words_len = (torch.from_numpy(feed[k]).to(device)
-                                                for k in ("video_index", "word_ids", "words_len"))
+            frames = torch.from_numpy(batch.frames).to(device, dtype)
+            video_index, word_ids, words_len = (torch.from_numpy(array).to(device)
+                                                for array in (batch.video_index, batch.word_ids, batch.words_len))
             center, width = model.generate(frames, table[word_ids], words_len, video_index=video_index)
             return center.float().cpu().numpy(), width.float().cpu().numpy()
 
@@ -93,4 +93,4 @@ def ort_runner(model: Path, provider: str, threads: int, max_batch: int) -> tupl
     from cnm_runtime.session import ModelSession
 
     session = ModelSession(model, provider, threads, max_batch)
-    return (lambda feed: session.run(**feed)), session.provider
+    return session.run, session.provider

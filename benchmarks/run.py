@@ -129,10 +129,10 @@ def export_models(inputs: Inputs, precisions: list[str], workdir: Path) -> Model
     return Models(paths, flops, specs["fp32"])
 
 
-def start_worker(engine: Engine, inputs: Inputs, models: Models, feed: Path, settings: Settings) -> Worker:
+def start_worker(engine: Engine, inputs: Inputs, models: Models, batch_path: Path, settings: Settings) -> Worker:
     threads = ["--threads", "1", "--runs", str(settings.threads)] if engine.side_by_side else [
         "--threads", str(settings.threads)]
-    options = ["--inputs", str(feed), *threads, "--max-batch", str(max(settings.batch_sizes))]
+    options = ["--inputs", str(batch_path), *threads, "--max-batch", str(max(settings.batch_sizes))]
     options += ["--one-video-per-query"] if settings.one_video_per_query else []
     if engine.is_torch:
         options += ["--checkpoint", str(inputs.checkpoint.resolve())]
@@ -241,7 +241,7 @@ def machine_info(gpu: str | None) -> dict[str, Any]:
     }
 
 
-def start_workers(to_run: list[Engine], inputs: Inputs, models: Models, feed: Path, settings: Settings
+def start_workers(to_run: list[Engine], inputs: Inputs, models: Models, batch_path: Path, settings: Settings
                   ) -> tuple[dict[str, Worker], dict[str, str], dict[str, str]]:
     """A ready worker per engine that starts; every engine's status; the provider each worker really runs."""
     workers, statuses, providers = {}, {}, {}
@@ -250,7 +250,7 @@ def start_workers(to_run: list[Engine], inputs: Inputs, models: Models, feed: Pa
             statuses[engine.name] = "not run: no GPU"
             continue
         log.info("starting %s", engine.label)
-        worker = start_worker(engine, inputs, models, feed, settings)
+        worker = start_worker(engine, inputs, models, batch_path, settings)
         if "error" in worker.started:
             statuses[engine.name] = f"not run: {worker.started['error']}"
             log.warning("%s: %s", engine.label, statuses[engine.name])
@@ -268,17 +268,17 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
     log.info("exporting %s", inputs.checkpoint)
     models = export_models(inputs, sorted({engine.graph for engine in to_run if not engine.is_torch}), workdir)
     prepared = prepare_queries(inputs.features, inputs.queries, models.spec, settings.max_queries, workdir)
-    skipped = prepared.read - len(prepared.records)
-    log.info("%d labelled queries prepared (%d skipped)", len(prepared.records), skipped)
+    skipped = prepared.read - len(prepared.queries)
+    log.info("%d labelled queries prepared (%d skipped)", len(prepared.queries), skipped)
     log.info("measuring the fp32 matrix-multiply rate")
     machine = machine_info(gpu)
 
-    workers, statuses, providers = start_workers(to_run, inputs, models, prepared.feed_path, settings)
+    workers, statuses, providers = start_workers(to_run, inputs, models, prepared.batch_path, settings)
     if not workers:
         raise RuntimeError("no engine started: " + "; ".join(f"{name} {why}" for name, why in statuses.items()))
     try:
         outputs = predict_all(workers, workdir)
-        e2e_queries = write_repeated(prepared.records, settings.e2e_queries, workdir / "e2e-queries.jsonl")
+        e2e_queries = write_repeated(prepared.queries, settings.e2e_queries, workdir / "e2e-queries.jsonl")
         measured = measure_rounds(workers, settings, lambda: run_cnm_run(
             models.paths["fp32"], inputs.features, e2e_queries, settings.reference_batch, settings.threads, workdir))
     finally:
@@ -300,7 +300,7 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
         "inputs": {
             **{name: None if path is None else str(path) for name, path in asdict(inputs).items()},
             "synthetic_features": synthetic_archive(inputs.features),
-            "queries_read": prepared.read, "queries_used": len(prepared.records), "queries_skipped": skipped,
+            "queries_read": prepared.read, "queries_used": len(prepared.queries), "queries_skipped": skipped,
         },
         "engines": engines,
         "fastest": fastest(engines),

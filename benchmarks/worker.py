@@ -28,38 +28,33 @@ import click
 import numpy as np
 
 from benchmarks.engines import BY_NAME, Runner, ort_runner, torch_runner
-from cnm_runtime.feed import Feed, one_video_per_query, take_queries
+from cnm_runtime.batch import Batch
 
 PREDICT_CHUNK = 64
 WARMUP_BATCHES = 1
 REPO = Path(__file__).resolve().parents[1]  # benchmarks/ is a folder of the repository, not installed
 
 
-def load_feed(path: Path) -> Feed:
-    with np.load(path) as arrays:
-        return {name: arrays[name] for name in ("frames", "video_index", "word_ids", "words_len")}
+def batch_of(queries: Batch, start: int, size: int) -> Batch:
+    return queries.take((start + np.arange(size)) % len(queries))
 
 
-def batch_of(feed: Feed, start: int, size: int) -> Feed:
-    return take_queries(feed, (start + np.arange(size)) % len(feed["words_len"]))
-
-
-def predict(run: Runner, feed: Feed) -> tuple[np.ndarray, np.ndarray]:
-    total = len(feed["words_len"])
-    parts = [run(batch_of(feed, i, min(PREDICT_CHUNK, total - i))) for i in range(0, total, PREDICT_CHUNK)]
+def predict(run: Runner, queries: Batch) -> tuple[np.ndarray, np.ndarray]:
+    total = len(queries)
+    parts = [run(batch_of(queries, i, min(PREDICT_CHUNK, total - i))) for i in range(0, total, PREDICT_CHUNK)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def measure(run: Runner, feed: Feed, batch_size: int, batches: int, runs: int = 1) -> dict[str, Any]:
+def measure(run: Runner, queries: Batch, batch_size: int, batches: int, runs: int = 1) -> dict[str, Any]:
     """Seconds per timed batch, the videos each held and the seconds for them all; the batches are built
     before the clock starts."""
-    def timed(batch: Feed) -> float:
+    def timed(batch: Batch) -> float:
         started = time.perf_counter()
         run(batch)
         return time.perf_counter() - started
 
-    warmup = [batch_of(feed, i * batch_size, batch_size) for i in range(WARMUP_BATCHES * runs)]
-    timed_batches = [batch_of(feed, i * batch_size, batch_size) for i in range(batches)]
+    warmup = [batch_of(queries, i * batch_size, batch_size) for i in range(WARMUP_BATCHES * runs)]
+    timed_batches = [batch_of(queries, i * batch_size, batch_size) for i in range(batches)]
     pool = ThreadPoolExecutor(runs) if runs > 1 else None  # one batch at a time runs in this thread
     run_all = pool.map if pool else map
     try:
@@ -70,7 +65,7 @@ def measure(run: Runner, feed: Feed, batch_size: int, batches: int, runs: int = 
     finally:
         if pool:
             pool.shutdown()
-    return {"latencies_s": latencies, "videos": [len(batch["frames"]) for batch in timed_batches], "wall_s": wall_s}
+    return {"latencies_s": latencies, "videos": [len(batch.frames) for batch in timed_batches], "wall_s": wall_s}
 
 
 def _protocol_stream():
@@ -108,18 +103,18 @@ def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | 
     except Exception as error:  # a provider that cannot start is a result ("not run: why"), not a crash
         answer({"error": f"{type(error).__name__}: {error}"})
         return
-    feed = load_feed(inputs)
+    queries = Batch.load(inputs)
     if unshared:
-        feed = one_video_per_query(feed)
+        queries = queries.one_video_per_query()
     answer({"ready": True, "provider": provider})
     for line in sys.stdin:
         command = json.loads(line)
         if command["cmd"] == "predict":
-            center, width = predict(run, feed)
+            center, width = predict(run, queries)
             np.savez(command["out"], center=center, width=width)
             answer({"ok": True})
         else:
-            answer(measure(run, feed, command["batch_size"], command["batches"], runs))
+            answer(measure(run, queries, command["batch_size"], command["batches"], runs))
 
 
 class Worker:

@@ -9,6 +9,7 @@ reported too; an ``expected.npz`` beside it (outputs of the original code) is co
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -17,15 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnm_runtime.archive import FeatureArchive
-from cnm_runtime.errors import InputError
-from cnm_runtime.feed import Feed, take_queries
+from cnm_runtime.batch import Batch
+from cnm_runtime.feed import BatchMaker
 from cnm_runtime.model_spec import ModelSpec
-from cnm_runtime.queries import Query, QueryError, read_queries
+from cnm_runtime.queries import Query, QueryError, read_lines
 from cnm_runtime.session import ModelSession
 from cnm_runtime.spans import HEADLINE_METRICS, grounding_metrics, spans_from_gaussian, temporal_iou
-from cnm_runtime.text import EncodedQuery, Vocabulary, pad_word_ids
-from cnm_runtime.videos import load_clips
+from cnm_runtime.text import EncodedQuery, pad_word_ids
 from cnm_train.model import CNM
 
 log = logging.getLogger(__name__)
@@ -87,28 +86,28 @@ class Verification:
         return "\n".join(lines)
 
 
-def pytorch_outputs(model: CNM, word_vectors: np.ndarray, feed: Feed) -> tuple[np.ndarray, np.ndarray]:
+def pytorch_outputs(model: CNM, word_vectors: np.ndarray, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """The reference: the eval-mode model, full inference path, fp32."""
     with torch.inference_mode():
-        words = torch.from_numpy(word_vectors)[torch.from_numpy(feed["word_ids"])]
-        center, width = model.generate(torch.from_numpy(feed["frames"]), words, torch.from_numpy(feed["words_len"]),
-                                       video_index=torch.from_numpy(feed["video_index"]))
+        words = torch.from_numpy(word_vectors)[torch.from_numpy(batch.word_ids)]
+        center, width = model.generate(torch.from_numpy(batch.frames.astype(np.float32, copy=False)), words,
+                                       torch.from_numpy(batch.words_len),
+                                       video_index=torch.from_numpy(batch.video_index))
     return center.numpy(), width.numpy()
 
 
-def random_feed(spec: ModelSpec, batch: int, rng: np.random.Generator) -> Feed:
+def random_batch(spec: ModelSpec, size: int, rng: np.random.Generator) -> Batch:
     """Feature-like frames (half zeros) and random word ids; lengths count down from the longest query.
-    Two queries share each video (the last one alone when ``batch`` is odd)."""
-    videos = (batch + 1) // 2
+    Two queries share each video (the last one alone when ``size`` is odd)."""
+    videos = (size + 1) // 2
     frames = np.maximum(rng.standard_normal((videos, spec.max_num_frames, spec.frame_dim)), 0).astype(np.float32)
-    lengths = rng.integers(1, spec.max_num_words + 1, batch)
-    covered = min(batch, spec.max_num_words)
+    lengths = rng.integers(1, spec.max_num_words + 1, size)
+    covered = min(size, spec.max_num_words)
     lengths[:covered] = np.arange(spec.max_num_words, spec.max_num_words - covered, -1)
     vocab_size = len(spec.words) + 1
     queries = [EncodedQuery(tuple(rng.integers(1, vocab_size, n).tolist()), (), (), False) for n in lengths]
     word_ids, words_len = pad_word_ids(queries, spec.word_slots)
-    return {"frames": frames, "video_index": np.arange(batch, dtype=np.int64) // 2, "word_ids": word_ids,
-            "words_len": words_len}
+    return Batch(frames, np.arange(size, dtype=np.int64) // 2, word_ids, words_len)
 
 
 def _compare(case: str, ours: tuple[np.ndarray, np.ndarray], reference: tuple[np.ndarray, np.ndarray],
@@ -121,54 +120,42 @@ def _compare(case: str, ours: tuple[np.ndarray, np.ndarray], reference: tuple[np
 
 @dataclass
 class LabelledSet:
-    """Prepared queries of a labelled directory; ``rows`` are the 0-based queries.jsonl lines kept."""
+    """Labelled queries prepared as cnm-run prepares them, row i of the batch for ``queries[i]``."""
 
-    feed: Feed
+    batch: Batch
     truth: np.ndarray  # [N, 2] ground-truth spans as fractions of the video
-    rows: list[int]
+    queries: list[Query]
+    read: int  # entries read from the file; the others could not be prepared or had no ground truth
 
 
-def _encode_labelled(query: Query | QueryError, vocabulary: Vocabulary, max_num_words: int) -> EncodedQuery:
-    """Word ids of one labelled query; InputError names what is wrong."""
-    if isinstance(query, QueryError):
-        raise InputError(query.code, query.message)
-    if query.timestamps is None or query.duration is None:
-        raise InputError("no_ground_truth", f"line {query.line}: a labelled query needs timestamps and duration")
-    return vocabulary.encode(query.sentence, max_num_words, name=f"line {query.line}")
+def load_labelled_set(features: str | Path, queries: str | Path, spec: ModelSpec,
+                      limit: int | None = None) -> LabelledSet:
+    """The first ``limit`` queries of ``queries`` (all by default) over the archive ``features``, prepared by
+    cnm-run's own batch maker (each video read once); a query that cannot be prepared or has no ground
+    truth is logged and left out."""
+    maker = BatchMaker(features, spec, keep_videos=limit or 1 << 30)
+    try:
+        outcomes, batch = maker.prepare(list(itertools.islice(read_lines(queries), limit)))
+    finally:
+        maker.close()
+    kept = []
+    for outcome in outcomes:
+        if isinstance(outcome, QueryError):
+            log.warning("skipped: %s", outcome.message)
+        elif outcome.query.timestamps is None or outcome.duration is None:
+            log.warning("skipped: line %d has no timestamps and duration to compare with", outcome.line)
+        else:
+            kept.append(outcome)
+    if not kept:
+        raise ValueError(f"{queries}: no labelled query could be prepared")
+    truth = [[moment / item.duration for moment in item.query.timestamps] for item in kept]
+    return LabelledSet(batch.take(np.array([item.row for item in kept])), np.asarray(truth, dtype=np.float32),
+                       [item.query for item in kept], len(outcomes))
 
 
-def load_labelled_set(directory: str | Path, spec: ModelSpec) -> LabelledSet:
-    """``queries.jsonl`` and ``features.hdf5`` read and prepared as cnm-run does it (each video read once);
-    a query that cannot be prepared is logged and skipped."""
-    directory = Path(directory)
-    vocabulary = spec.vocabulary()
-    frames, video_index, queries, truth, rows = [], [], [], [], []
-    video_rows: dict[str, int] = {}
-    with FeatureArchive(directory / "features.hdf5") as archive:
-        for query in read_queries(directory / "queries.jsonl"):
-            try:
-                encoded = _encode_labelled(query, vocabulary, spec.max_num_words)
-                if query.video not in video_rows:
-                    frames.append(load_clips(archive, query.video, spec.frame_dim, spec.max_num_frames).frames)
-                    video_rows[query.video] = len(frames) - 1
-            except InputError as error:
-                log.warning("skipped: %s", error.message)
-                continue
-            queries.append(encoded)
-            video_index.append(video_rows[query.video])
-            truth.append([moment / query.duration for moment in query.timestamps])
-            rows.append(query.line - 1)
-    if not queries:
-        raise ValueError(f"{directory}: no query could be prepared")
-    word_ids, words_len = pad_word_ids(queries, spec.word_slots)
-    feed = {"frames": np.stack(frames), "video_index": np.array(video_index, np.int64), "word_ids": word_ids,
-            "words_len": words_len}
-    return LabelledSet(feed, np.asarray(truth, dtype=np.float32), rows)
-
-
-def _in_chunks(run, feed: Feed) -> tuple[np.ndarray, np.ndarray]:
-    total = len(feed["words_len"])
-    parts = [run(take_queries(feed, np.arange(i, min(i + CHUNK, total)))) for i in range(0, total, CHUNK)]
+def _in_chunks(run, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    total = len(batch)
+    parts = [run(batch.take(np.arange(i, min(i + CHUNK, total)))) for i in range(0, total, CHUNK)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -179,16 +166,18 @@ def _metrics(outputs: tuple[np.ndarray, np.ndarray], truth: np.ndarray) -> dict[
 def verify_labelled(session: ModelSession, model: CNM, word_vectors: np.ndarray, spec: ModelSpec,
                     directory: str | Path) -> list[Comparison]:
     """The labelled set against PyTorch (with the metric change) and against ``expected.npz`` if present."""
-    labelled = load_labelled_set(directory, spec)
-    ours = _in_chunks(lambda feed: session.run(**feed), labelled.feed)
-    reference = _in_chunks(lambda feed: pytorch_outputs(model, word_vectors, feed), labelled.feed)
+    directory = Path(directory)
+    labelled = load_labelled_set(directory / "features.hdf5", directory / "queries.jsonl", spec)
+    ours = _in_chunks(session.run, labelled.batch)
+    reference = _in_chunks(lambda batch: pytorch_outputs(model, word_vectors, batch), labelled.batch)
     ours_metrics, reference_metrics = _metrics(ours, labelled.truth), _metrics(reference, labelled.truth)
     change = {name: ours_metrics[name] - reference_metrics[name] for name in HEADLINE_METRICS}
     cases = [_compare("labelled set vs PyTorch", ours, reference, change)]
     expected_path = Path(directory) / "expected.npz"
     if expected_path.exists():
         expected = np.load(expected_path)
-        original = (expected["center"][labelled.rows], expected["width"][labelled.rows])
+        rows = [query.line - 1 for query in labelled.queries]
+        original = (expected["center"][rows], expected["width"][rows])
         cases.append(_compare("labelled set vs expected.npz", ours, original))
     return cases
 
@@ -201,9 +190,8 @@ def verify_export(onnx_path: str | Path, model: CNM, word_vectors: np.ndarray, l
     rng = np.random.default_rng(seed)
     cases = []
     for batch in batch_sizes:
-        feed = random_feed(spec, batch, rng)
-        cases.append(_compare(f"random, batch {batch}", session.run(**feed),
-                              pytorch_outputs(model, word_vectors, feed)))
+        inputs = random_batch(spec, batch, rng)
+        cases.append(_compare(f"random, batch {batch}", session.run(inputs), pytorch_outputs(model, word_vectors, inputs)))
     if labelled is not None:
         cases += verify_labelled(session, model, word_vectors, spec, labelled)
     return Verification(spec.precision, cases)

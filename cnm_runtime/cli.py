@@ -21,7 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.grounder import Grounder
 from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
-from cnm_runtime.queries import Query, QueryError, count_queries, qid_key, read_queries
+from cnm_runtime.queries import QueryError, count_queries
 from cnm_runtime.report import RunTally, summary_lines
 from cnm_runtime.session import FALLBACKS
 
@@ -30,15 +30,15 @@ EXIT_TOO_MANY_ERRORS = 1
 EXIT_INTERRUPTED = 130
 
 
-def _resume(output: Path, tally: RunTally) -> set[str]:
+def _resume(output: Path, tally: RunTally) -> list[str | int]:
     """The qids already in ``output`` (counted into ``tally``); an unfinished last line is cut off."""
     if not output.exists():
         log.info("nothing to resume: %s does not exist yet", output)
-        return set()
-    done = set()
+        return []
+    done = []
     try:
         for record in read_back(output):
-            done.add(qid_key(record["qid"]))
+            done.append(record["qid"])
             tally.add_prediction(record, resumed=True)
     except ValueError as error:
         raise click.ClickException(f"cannot resume: {error}") from error
@@ -67,9 +67,9 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--runs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Batches the model runs at once (0: on the CPU, the cores (at most 8) divided by --threads; "
                    "on a GPU, 1).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes reading the archive in parallel (0: the batching thread reads). For archives "
-                   "whose reading costs more than the model: slower than 0 wherever measured (2 and 16 cores).")
+@click.option("--feeders", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes that read, resample, tokenize and stack batches (0: a thread of this process). "
+                   "For a model faster than one core can feed: a GPU, or a cheap model on many cores.")
 @click.option("--keep-videos", type=click.IntRange(min=1), default=64, show_default=True,
               help="Recent videos kept in memory, so nearby queries of one video share a read.")
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -78,7 +78,7 @@ def _resume(output: Path, tally: RunTally) -> set[str]:
 @click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit with status 1 when there are more errors than this.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
-         metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, workers: int,
+         metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, feeders: int,
          keep_videos: int, trt_cache: Path | None, resume: bool, max_errors: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")
@@ -86,17 +86,16 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
     if resume and to_stdout:
         raise click.UsageError("--resume needs -o FILE: standard output cannot be read back")
     try:
-        FeatureArchive(features).close()  # fail now, not in a reader process
+        FeatureArchive(features).close()  # fail now, not in a feed process
         grounder = Grounder(model, provider=provider, threads=threads or None, runs=runs or None,
-                            batch_size=batch_size, workers=workers, keep_videos=keep_videos, trt_cache_dir=trt_cache)
+                            batch_size=batch_size, feeders=feeders, keep_videos=keep_videos, trt_cache_dir=trt_cache)
     except (OSError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
-    log.info("model %s on %s, batches of %d (%d at once, threads a run: %d), reader processes: %d", model,
-             grounder.provider, batch_size, grounder.runs, grounder.session.threads, grounder.workers)
+    log.info("model %s on %s, batches of %d (%d at once, threads a run: %d), feed processes: %d", model,
+             grounder.provider, batch_size, grounder.runs, grounder.session.threads, grounder.feeders)
 
     tally = RunTally()
-    done = _resume(output, tally) if resume else set()
-    todo = (item for item in read_queries(queries) if not (isinstance(item, Query) and qid_key(item.qid) in done))
+    done = _resume(output, tally) if resume else []
     started = time.perf_counter()
     interrupted = False
     with ExitStack() as files:
@@ -106,7 +105,7 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
                                             file=sys.stderr, disable=None, dynamic_ncols=True))
         files.enter_context(logging_redirect_tqdm())
         try:
-            for result in grounder.ground(features, todo):
+            for result in grounder.ground(features, queries, skip_qids=done):
                 if isinstance(result, QueryError):
                     tally.add_error(result)
                     if error_file:
@@ -120,8 +119,8 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
                 progress.update(1)
         except KeyboardInterrupt:
             interrupted = True
-        except BrokenProcessPool as error:  # a reader was killed (out of memory?): say so, keep what is written
-            raise click.ClickException(f"a reader process died ({error}); the predictions made so far are "
+        except BrokenProcessPool as error:  # a feed process was killed (out of memory?): keep what is written
+            raise click.ClickException(f"a feed process died ({error}); the predictions made so far are "
                                        "written, and --resume continues them") from error
 
     metrics = tally.metrics(grounder.provider, time.perf_counter() - started)

@@ -1,11 +1,34 @@
 """Raw clip features of any length -> exactly ``num_clips`` clips, as the original datasets do it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from cnm_runtime.errors import InputError
+
+
+@dataclass(frozen=True)
+class Clips:
+    """A video's clips as ``source[rows]`` (see ``resample_rows``), gathered only where they are needed."""
+
+    source: np.ndarray  # [n, frame_dim] float32: the video's rows, or its resampled clips
+    rows: np.ndarray  # [num_clips]: the row of source that each clip is
+    duration: float | None = None  # seconds, from the archive's ``duration`` attribute
+
+    @property
+    def frames(self) -> np.ndarray:
+        """``[num_clips, frame_dim]`` float32, what the model reads."""
+        return self.source[self.rows]
+
+    def gather_into(self, out: np.ndarray) -> None:
+        """Write ``frames`` into ``out`` (float32, or float16 for a graph that takes half frames)."""
+        if out.dtype != self.source.dtype:
+            out[...] = self.source[self.rows]
+            return
+        # rows are always in range; numpy buffers ``out`` in its default mode "raise"
+        np.take(self.source, self.rows, axis=0, out=out, mode="clip")
 
 
 def validate_features(features: np.ndarray, frame_dim: int | None, video: str) -> np.ndarray:
@@ -55,6 +78,13 @@ def _clip_plan(num_rows: int, num_clips: int) -> tuple[np.ndarray, np.ndarray, i
     starts.setflags(write=False)
     lengths.setflags(write=False)
     return starts, lengths, int(lengths.max())
+
+
+def to_clips(features: np.ndarray, num_clips: int, frame_dim: int | None, video: str,
+             duration: float | None = None) -> Clips:
+    """Raw ``[L, D]`` features, validated (InputError names ``video``) and resampled to ``num_clips``."""
+    source, rows = resample_rows(validate_features(features, frame_dim, video), num_clips)
+    return Clips(source, rows, duration)
 
 
 def resample_clips(features: np.ndarray, num_clips: int = 200) -> np.ndarray:

@@ -54,7 +54,8 @@ class JsonLines:
         self.close()
 
     def write(self, record: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(record) + "\n")  # one write: a line is either whole or cut off last
+        # one write: a line is either whole or cut off last; strict JSON (no NaN) or ValueError
+        self._handle.write(json.dumps(record, allow_nan=False) + "\n")
         self._handle.flush()
 
     def close(self) -> None:

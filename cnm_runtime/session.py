@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from cnm_runtime.batch import Batch
 from cnm_runtime.cores import available_cores
 from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
 
@@ -126,8 +127,8 @@ def _provider_chain(name: str, spec: ModelSpec, max_batch: int, trt_cache_dir: P
 
 
 class ModelSession:
-    """``run(frames, video_index, word_ids, words_len) -> (center, width)`` for batches of up to ``max_batch``
-    queries (see ``cnm_runtime.model_spec`` for the inputs); ``run`` may be called from several threads at once.
+    """``run(batch) -> (center, width)`` for batches of up to ``max_batch`` queries; ``run`` may be called
+    from several threads at once.
 
     ``threads`` are ONNX Runtime's threads a run. By default a run on the CPU gets one, and a caller gets the
     cores' worth by running ``default_runs()`` batches at once (``Grounder`` does); a GPU provider's session
@@ -162,6 +163,8 @@ class ModelSession:
         if self.provider != _provider_name(chain[0]):
             log.info("%s did not start; running on %s", _provider_name(chain[0]), self.provider)
         self.threads = self.session.get_session_options().intra_op_num_threads
+        frames_type = next(node.type for node in self.session.get_inputs() if node.name == "frames")
+        self.frames_dtype = np.dtype(np.float16 if frames_type == "tensor(float16)" else np.float32)
         self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
 
     def default_runs(self) -> int:
@@ -192,11 +195,15 @@ class ModelSession:
                 if notices.getvalue():
                     log.debug("onnxruntime: %s", notices.getvalue().strip())
 
-    def run(self, frames: np.ndarray, video_index: np.ndarray, word_ids: np.ndarray, words_len: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """``(center, width)`` ``[queries]`` float32 of ``batch``; its frames are cast to the graph's type if
+        they are not of it already (the batch makers write them in that type)."""
         binding = self.session.io_binding()
-        for name, array in zip(INPUT_NAMES, (frames, video_index, word_ids, words_len)):
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0))
+        for name, array in batch.inputs().items():
+            if name == "frames" and array.dtype != self.frames_dtype:
+                array = array.astype(self.frames_dtype)
+            binding.bind_ortvalue_input(
+                name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0))
         for name in OUTPUT_NAMES:
             binding.bind_output(name, self.device, 0)
         self.session.run_with_iobinding(binding)

@@ -22,6 +22,7 @@ from benchmarks.summary import check_targets, speed_figures  # noqa: E402
 from benchmarks.worker import Worker  # noqa: E402
 from cnm_export.export import export_checkpoint  # noqa: E402
 from cnm_export.flops import Flops  # noqa: E402
+from cnm_runtime.batch import Batch  # noqa: E402
 from cnm_runtime.datasets.default import make_default_dataset  # noqa: E402
 from cnm_runtime.text import load_glove  # noqa: E402
 
@@ -121,9 +122,9 @@ def test_pytorch_half_engine_runs_the_model_in_float16(tmp_path):
     glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(20)])
     checkpoint = write_checkpoint(tmp_path / "model.pt", vocab_size=20, glove_path=glove)
     rng = np.random.default_rng(0)
-    feed = {"frames": rng.random((2, 200, 1024), dtype=np.float32), "video_index": np.array([0, 1, 1]),
-            "word_ids": rng.integers(1, 21, (3, 21)), "words_len": np.array([20, 5, 1])}
-    fp32, fp16 = (torch_runner(checkpoint, glove, "cpu", 1, half)(feed) for half in (False, True))
+    batch = Batch(rng.random((2, 200, 1024), dtype=np.float32), np.array([0, 1, 1]), rng.integers(1, 21, (3, 21)),
+                  np.array([20, 5, 1]))
+    fp32, fp16 = (torch_runner(checkpoint, glove, "cpu", 1, half)(batch) for half in (False, True))
     for ours, reference in zip(fp16, fp32):
         assert ours.dtype == np.float32
         assert 0 < np.abs(ours - reference).max() < 1e-2
@@ -135,10 +136,10 @@ def test_an_engine_that_cannot_start_answers_why(tmp_path):
     glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(20)])
     model = tmp_path / "model.onnx"
     export_checkpoint(write_checkpoint(tmp_path / "model.pt", vocab_size=20, glove_path=glove), glove, model)
-    feed = tmp_path / "feed.npz"
-    np.savez(feed, frames=np.zeros((1, 200, 1024), np.float32), video_index=np.zeros(1, np.int64),
-             word_ids=np.zeros((1, 21), np.int64), words_len=np.ones(1, np.int64))
-    options = ["--inputs", str(feed), "--model", str(model), "--threads", "1", "--max-batch", "1"]
+    inputs = tmp_path / "batch.npz"
+    Batch(np.zeros((1, 200, 1024), np.float32), np.zeros(1, np.int64), np.zeros((1, 21), np.int64),
+          np.ones(1, np.int64)).save(inputs)
+    options = ["--inputs", str(inputs), "--model", str(model), "--threads", "1", "--max-batch", "1"]
     worker = Worker("ort-cuda-fp16", options, {})
     worker.close()
     assert "did not start" in worker.started["error"] or "no CUDAExecutionProvider" in worker.started["error"]
@@ -154,10 +155,10 @@ def test_model_only_batches_share_videos_unless_told_not_to(tmp_path):
     glove = write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(20)])
     model = tmp_path / "model.onnx"
     export_checkpoint(write_checkpoint(tmp_path / "model.pt", vocab_size=20, glove_path=glove), glove, model)
-    feed = tmp_path / "feed.npz"
-    np.savez(feed, frames=np.ones((2, 200, 1024), np.float32), video_index=np.array([0, 0, 1, 1]),
-             word_ids=np.ones((4, 21), np.int64), words_len=np.full(4, 20, np.int64))
-    options = ["--inputs", str(feed), "--model", str(model), "--threads", "1", "--max-batch", "4"]
+    inputs = tmp_path / "batch.npz"
+    Batch(np.ones((2, 200, 1024), np.float32), np.array([0, 0, 1, 1]), np.ones((4, 21), np.int64),
+          np.full(4, 20, np.int64)).save(inputs)
+    options = ["--inputs", str(inputs), "--model", str(model), "--threads", "1", "--max-batch", "4"]
     for extra, videos in (([], [2, 2]), (["--one-video-per-query"], [4, 4])):
         worker = Worker("ort-fp32", options + extra, {})
         try:

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
-from cnm_runtime.feed import one_video_per_query, take_queries
+from cnm_runtime.batch import Batch
 from cnm_runtime.grounder import Grounder, Prediction
 from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
 from cnm_runtime import session as session_module
 from cnm_runtime.report import RunTally
 from cnm_runtime.session import PROVIDERS, ModelSession, _provider_chain
-from cnm_runtime.videos import VideoError, VideoReader
 
 WORDS = (
     "person the a door opens closes light turns on off walks sits chair table holds cup drinks from puts down "
@@ -242,9 +241,9 @@ def test_tensorrt_options_cover_batch_one_to_max(tiny_model, tmp_path):
 def test_predictions_match_single_query_runs(tiny_model, archive):
     """Batching across videos changes nothing: each prediction equals the model run on that query alone."""
     records = good_records(10)
-    predictions, errors = ground_all(Grounder(tiny_model, batch_size=4, workers=0), archive, records)
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=4), archive, records)
     assert errors == [] and [p["qid"] for p in predictions] == [r["qid"] for r in records]
-    alone = Grounder(tiny_model, batch_size=1, workers=0)
+    alone = Grounder(tiny_model, batch_size=1)
     for record, prediction in zip(records, predictions):
         (single,), _ = ground_all(alone, archive, [record])
         assert abs(single["center"] - prediction["center"]) < 1e-5
@@ -255,13 +254,13 @@ def test_a_batch_holds_each_video_once(tiny_model, archive, monkeypatch):
     """Queries of one video in a batch share its clips (and the graph's work on them), with the same predictions."""
     records = [{"video": video, "query": "person opens the door"} for video in ("v0", "v1", "v0", "v2", "v1", "v0")]
     records[2]["query"] = "person sits"
-    grounder = Grounder(tiny_model, batch_size=6, workers=0)
+    grounder = Grounder(tiny_model, batch_size=6)
     batches, run = [], grounder.session.run
-    monkeypatch.setattr(grounder.session, "run", lambda frames, video_index, *words: batches.append(
-        (len(frames), video_index.tolist())) or run(frames, video_index, *words))
+    monkeypatch.setattr(grounder.session, "run", lambda batch: batches.append(
+        (len(batch.frames), batch.video_index.tolist())) or run(batch))
     predictions, errors = ground_all(grounder, archive, records)
     assert errors == [] and batches == [(3, [0, 1, 0, 2, 1, 0])]
-    alone = Grounder(tiny_model, batch_size=1, workers=0)
+    alone = Grounder(tiny_model, batch_size=1)
     for record, prediction in zip(records, predictions):
         (single,), _ = ground_all(alone, archive, [record])
         assert abs(single["center"] - prediction["center"]) < 1e-5 and abs(single["width"] - prediction["width"]) < 1e-5
@@ -270,14 +269,14 @@ def test_a_batch_holds_each_video_once(tiny_model, archive, monkeypatch):
 def test_the_next_batch_runs_while_the_caller_holds_a_prediction(tiny_model, archive, monkeypatch):
     """The model runs in a thread of its own: what the caller does with a batch's predictions (cnm-run writes
     them) never holds up the next batch."""
-    grounder = Grounder(tiny_model, batch_size=2, runs=1, workers=0)
+    grounder = Grounder(tiny_model, batch_size=2, runs=1)
     callers, second_batch_ran, run = [], threading.Event(), grounder.session.run
 
-    def counted(*inputs):
+    def counted(batch):
         callers.append(threading.get_ident())
         if len(callers) == 2:
             second_batch_ran.set()
-        return run(*inputs)
+        return run(batch)
 
     monkeypatch.setattr(grounder.session, "run", counted)
     results = grounder.ground(archive, good_records(6))
@@ -290,22 +289,22 @@ def test_batches_run_side_by_side_with_the_same_predictions(tiny_model, archive,
     """With ``runs=2`` two batches are in the model at once (each of the six waits here for another to start),
     and the predictions are those of one batch at a time, in input order."""
     records = good_records(12) + [{"qid": "bad", "video": "nan", "query": "person sits"}]
-    expected = ground_all(Grounder(tiny_model, batch_size=2, runs=1, workers=0), archive, records)
-    grounder = Grounder(tiny_model, batch_size=2, runs=2, workers=0)
+    expected = ground_all(Grounder(tiny_model, batch_size=2, runs=1), archive, records)
+    grounder = Grounder(tiny_model, batch_size=2, runs=2)
     both_in, run = threading.Barrier(2, timeout=60), grounder.session.run
 
-    def meeting(*inputs):
+    def meeting(batch):
         both_in.wait()  # BrokenBarrierError, and the test fails, unless another run is in at the same time
-        return run(*inputs)
+        return run(batch)
 
     monkeypatch.setattr(grounder.session, "run", meeting)
     assert ground_all(grounder, archive, records) == expected and len(expected[0]) == 12
 
 
 def test_a_failing_batch_raises_to_the_caller_and_ends_every_thread(tiny_model, archive, monkeypatch):
-    grounder = Grounder(tiny_model, batch_size=2, workers=0)
+    grounder = Grounder(tiny_model, batch_size=2)
 
-    def broken(*inputs):
+    def broken(batch):
         raise RuntimeError("the model failed")
 
     monkeypatch.setattr(grounder.session, "run", broken)
@@ -315,13 +314,13 @@ def test_a_failing_batch_raises_to_the_caller_and_ends_every_thread(tiny_model, 
 
 
 def test_a_batch_of_some_queries_keeps_only_their_videos():
-    feed = {"frames": np.arange(4.0)[:, None, None] * np.ones((4, 2, 3), np.float32),
-            "video_index": np.array([2, 0, 2, 3, 1]), "word_ids": np.arange(5)[:, None], "words_len": np.arange(5)}
-    batch = take_queries(feed, np.array([0, 2, 3]))
-    assert batch["video_index"].tolist() == [0, 0, 1] and batch["frames"][:, 0, 0].tolist() == [2, 3]
-    assert batch["words_len"].tolist() == [0, 2, 3]
-    alone = one_video_per_query(batch)
-    assert alone["frames"][:, 0, 0].tolist() == [2, 2, 3] and alone["video_index"].tolist() == [0, 1, 2]
+    whole = Batch(np.arange(4.0)[:, None, None] * np.ones((4, 2, 3), np.float32), np.array([2, 0, 2, 3, 1]),
+                  np.arange(5)[:, None], np.arange(5))
+    batch = whole.take(np.array([0, 2, 3]))
+    assert batch.video_index.tolist() == [0, 0, 1] and batch.frames[:, 0, 0].tolist() == [2, 3]
+    assert batch.words_len.tolist() == [0, 2, 3]
+    alone = batch.one_video_per_query()
+    assert alone.frames[:, 0, 0].tolist() == [2, 2, 3] and alone.video_index.tolist() == [0, 1, 2]
 
 
 def test_prediction_record_layout(tiny_model, archive):
@@ -333,7 +332,7 @@ def test_prediction_record_layout(tiny_model, archive):
         {"qid": "no_duration", "video": "v4", "query": "person sits"},
         {"qid": "long", "video": "v4", "query": " ".join(WORDS[:25])},
     ]
-    predictions, errors = ground_all(Grounder(tiny_model, batch_size=8, workers=0), archive, records)
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=8), archive, records)
     assert errors == []
     gt, from_archive, c3d, fractions, long = predictions
     assert gt["dropped_words"] == ["zebra"] and not gt["truncated"]
@@ -357,36 +356,20 @@ def test_each_video_is_read_once(tiny_model, archive, monkeypatch):
     # interleaved videos within the kept window, and one video with more queries than a batch
     records = [{"video": f"v{i % 3}", "query": "person opens the door"} for i in range(12)]
     records += [{"video": "v5", "query": "person sits"} for _ in range(9)]
-    predictions, errors = ground_all(Grounder(tiny_model, batch_size=4, workers=0, keep_videos=3), archive, records)
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=4, keep_videos=3), archive, records)
     assert len(predictions) == 21 and errors == []
     assert sorted(reads) == ["v0", "v1", "v2", "v5"]
 
 
-def test_worker_processes_give_the_same_predictions(tiny_model, archive):
+def test_feed_processes_give_byte_identical_results(tiny_model, archive):
+    """Chunks prepared in two feed processes (frames through shared memory) give what one thread gives,
+    bad videos, long videos and a video whose queries span chunks included."""
     records = good_records(9) + [{"video": "nan", "query": "person sits"}]
-    inline = ground_all(Grounder(tiny_model, batch_size=4, workers=0), archive, records)
-    parallel = ground_all(Grounder(tiny_model, batch_size=4, workers=2), archive, records)
-    assert inline == parallel and len(inline[0]) == 9 and inline[1][0].code == "non_finite"
-
-
-def test_reader_processes_hand_clips_over_through_reused_slots(tmp_path):
-    path = write_archive(tmp_path / "features.hdf5", videos=12)
-    with h5py.File(path, "a") as out:
-        out.create_dataset("long", data=_features(np.random.default_rng(2), 450))  # resampled to 200 clips
-    videos = [f"v{v}" for v in range(12)] + ["long", "g0", "nan"]
-    with VideoReader(path, FRAME_DIM, 200, workers=0, keep=1) as inline:
-        expected = [inline.submit(video).result() for video in videos]
-    with VideoReader(path, FRAME_DIM, 200, workers=1, keep=1) as reader:
-        slots_file = Path(reader._slots.path)
-        futures = [reader.submit(video) for video in videos]  # 15 reads through 4 slots
-        results = [future.result() for future in futures]
-    assert not slots_file.exists()
-    for ours, theirs in zip(results, expected):
-        if isinstance(theirs, VideoError):
-            assert ours == theirs
-        else:
-            np.testing.assert_array_equal(ours.frames, theirs.frames)
-            assert ours.duration == theirs.duration
+    records += [{**record, "qid": f"again-{record['qid']}"} for record in good_records(7, seed=3)]
+    inline = ground_all(Grounder(tiny_model, batch_size=4), archive, records)
+    parallel = ground_all(Grounder(tiny_model, batch_size=4, feeders=2), archive, records)
+    assert json.dumps(inline[0]) == json.dumps(parallel[0]) and inline[1] == parallel[1]
+    assert len(inline[0]) == 16 and inline[1][0].code == "non_finite"
 
 
 @pytest.mark.parametrize("video, code", [
@@ -396,7 +379,7 @@ def test_reader_processes_hand_clips_over_through_reused_slots(tmp_path):
 def test_bad_video_costs_only_its_queries(tiny_model, archive, video, code):
     records = [{"qid": 0, "video": "v0", "query": "person sits"}, {"qid": 1, "video": video, "query": "person sits"},
                {"qid": 2, "video": "v1", "query": "person sits"}]
-    predictions, errors = ground_all(Grounder(tiny_model, batch_size=2, workers=0), archive, records)
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=2), archive, records)
     assert [p["qid"] for p in predictions] == [0, 2]
     assert [(e.qid, e.line, e.code) for e in errors] == [(1, 2, code)]
     assert repr(video) in errors[0].message
@@ -404,7 +387,7 @@ def test_bad_video_costs_only_its_queries(tiny_model, archive, video, code):
 
 def test_memory_does_not_grow_with_the_archive(tiny_model, tmp_path):
     """Peak traced memory for 96 one-query videos is about that for 24: videos are not kept."""
-    grounder = Grounder(tiny_model, batch_size=4, workers=0, keep_videos=4)
+    grounder = Grounder(tiny_model, batch_size=4, keep_videos=4)
     peaks = []
     for videos in (24, 96):
         path = write_archive(tmp_path / f"a{videos}.hdf5", videos=videos)
