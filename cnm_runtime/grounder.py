@@ -32,7 +32,7 @@ import numpy as np
 
 from cnm_runtime.batch import build_batch
 from cnm_runtime.errors import InputError
-from cnm_runtime.feed import Done, Entry, Feed, Prepared, PreparedQuery
+from cnm_runtime.feed import Done, Entry, Feed, Outcome, Prepared, PreparedQuery
 from cnm_runtime.features import Clips, to_clips
 from cnm_runtime.queries import Query, QueryError, as_lines, qid_key
 from cnm_runtime.session import ModelSession
@@ -109,6 +109,27 @@ def _ious(prepared: Sequence[PreparedQuery], spans: np.ndarray) -> list[float | 
         for i, iou in zip(labelled, temporal_iou(spans[labelled].astype(np.float64), truth)):
             ious[i] = float(iou)
     return ious
+
+
+def chunk_results(outcomes: Sequence[Outcome], outputs: tuple[np.ndarray, np.ndarray] | None, claimed: set[str]
+                  ) -> Iterator[Prediction | QueryError]:
+    """A chunk's results in input order, from its outcomes and the model's ``(center, width)`` for its batch.
+
+    ``claimed`` holds the qid keys of the entries before this chunk and gains this chunk's: a qid is its
+    first entry's, and a later entry with it is a ``duplicate_qid`` error. ``Done`` entries give nothing.
+    """
+    ready = [outcome for outcome in outcomes if isinstance(outcome, PreparedQuery)]
+    computed = iter(predictions(ready, *outputs) if ready else ())
+    for outcome in outcomes:
+        result = next(computed) if isinstance(outcome, PreparedQuery) else outcome
+        if outcome.qid is not None:
+            key = qid_key(outcome.qid)
+            if key in claimed and not isinstance(result, QueryError):
+                result = QueryError(outcome.qid, outcome.line, "duplicate_qid",
+                                    f"line {outcome.line}: qid {outcome.qid!r} is an earlier line's too")
+            claimed.add(key)
+        if not isinstance(result, Done):
+            yield result
 
 
 def _chunks(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -202,22 +223,11 @@ class Grounder:
     @staticmethod
     def _results(prepared: Prepared, run: Future | None, feed: Feed, claimed: set[str]
                  ) -> Iterator[Prediction | QueryError]:
-        """The chunk's results in input order: its errors, and its predictions once the model has run."""
         try:
-            ready = [outcome for outcome in prepared.outcomes if isinstance(outcome, PreparedQuery)]
-            computed = iter(predictions(ready, *run.result()) if run is not None else ())
+            outputs = run.result() if run is not None else None
         finally:
             feed.release(prepared.slot)
-        for outcome in prepared.outcomes:
-            result = next(computed) if isinstance(outcome, PreparedQuery) else outcome
-            if outcome.qid is not None:
-                key = qid_key(outcome.qid)
-                if key in claimed and not isinstance(result, QueryError):
-                    result = QueryError(outcome.qid, outcome.line, "duplicate_qid",
-                                        f"line {outcome.line}: qid {outcome.qid!r} is an earlier line's too")
-                claimed.add(key)
-            if not isinstance(result, Done):
-                yield result
+        yield from chunk_results(prepared.outcomes, outputs, claimed)
 
 
 def ground(archive: str | Path, queries: str | Path | Iterable[Query | QueryError | dict],
