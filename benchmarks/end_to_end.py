@@ -18,7 +18,7 @@ LOG_TAIL_CHARS = 2000
 class EndToEnd:
     queries_per_s: float  # cnm-run's own figure: first query to last prediction, loading the model excluded
     wall_s: float  # the whole process, start-up included
-    peak_rss_mb: float  # the largest process of the run: cnm-run itself or one of its readers
+    peak_rss_mb: float  # the largest process of the run: cnm-run itself or one of its feed processes
     metrics: dict[str, Any]  # cnm-run's --metrics file
 
 
@@ -31,10 +31,11 @@ def cnm_run_executable() -> str:
     return found
 
 
-def run_cnm_run(model: Path, features: Path, queries: Path, batch_size: int, threads: int,
-                workdir: Path) -> EndToEnd:
-    """Ground every query of ``queries`` with cnm-run on the CPU provider, ``threads`` batches at once of
-    one thread each (its defaults on that many cores); RuntimeError if it fails.
+def run_cnm_run(model: Path, features: Path, queries: Path, batch_size: int, runs: int, workdir: Path,
+                provider: str = "cpu", feeders: int = 0) -> EndToEnd:
+    """Ground every query of ``queries`` with cnm-run on ``provider``, ``runs`` batches at once (on the CPU
+    of one thread each: its defaults on that many cores) and ``feeders`` feed processes; RuntimeError if
+    it fails.
 
     The benchmark's queries file repeats a small labelled set, so cnm-run keeps only the last video: each
     copy reads its videos again, as a real run reads each video once for the queries that come together.
@@ -43,13 +44,13 @@ def run_cnm_run(model: Path, features: Path, queries: Path, batch_size: int, thr
     command = [
         cnm_run_executable(), "--model", str(model), "--features", str(features), "--queries", str(queries),
         "-o", str(workdir / "cnm-run-predictions.jsonl"), "--metrics", str(metrics_path),
-        "--batch-size", str(batch_size), "--provider", "cpu", "--threads", "1", "--runs", str(threads),
-        "--keep-videos", "1",
+        "--batch-size", str(batch_size), "--provider", provider, "--runs", str(runs), "--feeders", str(feeders),
+        "--keep-videos", "1", *(["--threads", "1"] if provider == "cpu" else []),
     ]
     started = time.perf_counter()
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        # wait4 reports this child's resources with its own (waited-for) children: the reader processes.
+        # wait4 reports this child's resources with its own (waited-for) children: the feed processes.
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
     wall_s = time.perf_counter() - started

@@ -44,6 +44,7 @@ ENGINES = (
     Engine("torch-cuda", "PyTorch CUDA fp32", "checkpoint", "cuda", needs_gpu=True),
     # what a GPU image with a CPU-only onnxruntime can still show of fp16 on the card
     Engine("torch-cuda-fp16", "PyTorch CUDA fp16", "checkpoint", "cuda", needs_gpu=True, half=True),
+    Engine("ort-cuda-fp32", "ONNX Runtime CUDA fp32", "fp32", "cuda", needs_gpu=True),
     Engine("ort-cuda-fp16", "ONNX Runtime CUDA fp16", "fp16", "cuda", needs_gpu=True),
     # TensorRT builds its own fp16 engine from the fp32 file (ModelSession turns trt_fp16_enable on).
     Engine("ort-trt-fp16", "ONNX Runtime TensorRT fp16", "fp32", "tensorrt", needs_gpu=True),

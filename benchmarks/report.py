@@ -5,6 +5,7 @@ from typing import Any
 
 from benchmarks.engines import REFERENCE
 from benchmarks.summary import ratio
+from cnm_runtime.report import markdown_table
 from cnm_runtime.spans import HEADLINE_METRICS
 
 
@@ -35,58 +36,49 @@ def _header(results: dict[str, Any]) -> list[str]:
 
 
 def _speed_table(results: dict[str, Any]) -> list[str]:
-    lines = [
-        "### Model-only throughput",
-        "",
-        "| engine | batch | videos | queries/s median (min-max) | latency per batch p50 / p99 (ms) | vs eager "
-        "| GFLOP/s (% of sgemm) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
     sgemm = results["machine"]["sgemm_gflops"]
     eager = results["engines"][REFERENCE].get("speed", {})
+    rows = []
     for engine in results["engines"].values():
         if "speed" not in engine:
-            lines.append(f"| {engine['label']} | - | | {engine['status']} | | | |")
+            rows.append([engine["label"], "-", "", engine["status"], "", "", ""])
             continue
         for batch, figures in engine["speed"].items():
             qps = figures["queries_per_s"]
-            reference = eager.get(batch, {}).get("queries_per_s", {}).get("median")
-            speedup = ratio(qps["median"], reference)
+            speedup = ratio(qps["median"], eager.get(batch, {}).get("queries_per_s", {}).get("median"))
             gflops = figures["gflops_per_s"]
-            share = _number(gflops)
-            if engine["device"] == "cpu":  # the ceiling measured is the CPU's
-                share += f" ({100 * gflops / sgemm:.0f}%)"
-            lines.append(
-                f"| {engine['label']} | {batch} | {_number(figures['videos_per_batch'])} | {_qps(qps)} | "
-                f"{_number(figures['latency_ms']['p50'])} / "
-                f"{_number(figures['latency_ms']['p99'])} | {_number(speedup, 2)}x | {share} |"
-            )
+            share = _number(gflops) + (f" ({100 * gflops / sgemm:.0f}%)" if engine["device"] == "cpu" else "")
+            rows.append([engine["label"], batch, _number(figures["videos_per_batch"]), _qps(qps),
+                         f"{_number(figures['latency_ms']['p50'])} / {_number(figures['latency_ms']['p99'])}",
+                         f"{_number(speedup, 2)}x", share])
     sharing = ("every query with its own copy of its video's clips (--one-video-per-query)"
                if results["settings"]["one_video_per_query"] else
                "each video once however many of its queries the batch holds, as cnm-run batches them")
     winners = ", ".join(f"batch {batch}: {results['engines'][name]['label']}"
                         for batch, name in results["fastest"].items())
-    lines += ["", f"Fastest engine: {winners}.", "",
-              f"videos: the mean number of videos in a batch of consecutive queries of the file, {sharing}. "
-              "GFLOP/s: the FLOPs of the batches run (the graph's matrix products; int8 ones count alike; a "
-              "video's share once per batch) per second; % of the measured fp32 matrix-multiply rate."]
-    return lines
+    return ["### Model-only throughput", "", *markdown_table(
+        ["engine", "batch", "videos", "queries/s median (min-max)", "latency per batch p50 / p99 (ms)", "vs eager",
+         "GFLOP/s (% of sgemm)"], rows, "lrrrrrr"),
+        "", f"Fastest engine: {winners}.", "",
+        f"videos: the mean number of videos in a batch of consecutive queries of the file, {sharing}. "
+        "GFLOP/s: the FLOPs of the batches run (the graph's matrix products; int8 ones count alike; a "
+        "video's share once per batch) per second; % of the measured fp32 matrix-multiply rate."]
 
 
 def _end_to_end_table(results: dict[str, Any]) -> list[str]:
     e2e = results["end_to_end"]
     if e2e is None:
         return ["### End to end (cnm-run)", "", "not run"]
-    return [
+    lines = [
         f"### End to end: cnm-run on the archive, batch {e2e['batch_size']}, CPU provider, "
         f"{e2e['runs']} batches at once",
         "",
-        "| queries | cnm-run queries/s median (min-max) | model-only ONNX Runtime fp32 | ratio "
-        "| model-only, batches side by side | ratio | peak RSS (MB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {e2e['queries']} | {_qps(e2e['queries_per_s'])} | {_number(e2e['model_only_queries_per_s'])} | "
-        f"{_number(e2e['ratio'], 2)}x | {_number(e2e['side_by_side_queries_per_s'])} | "
-        f"{_number(e2e['side_by_side_ratio'], 2)}x | {_number(e2e['peak_rss_mb'], 0)} |",
+        *markdown_table(
+            ["queries", "cnm-run queries/s median (min-max)", "model-only ONNX Runtime fp32", "ratio",
+             "model-only, batches side by side", "ratio", "peak RSS (MB)"],
+            [[str(e2e["queries"]), _qps(e2e["queries_per_s"]), _number(e2e["model_only_queries_per_s"]),
+              f"{_number(e2e['ratio'], 2)}x", _number(e2e["side_by_side_queries_per_s"]),
+              f"{_number(e2e['side_by_side_ratio'], 2)}x", _number(e2e["peak_rss_mb"], 0)]], "rrrrrrr"),
         "",
         "cnm-run's own queries/s (its --metrics): reading, resampling, tokenizing and inference of every query, "
         "from its first query to its last prediction (loading the model excluded); the labelled queries repeated, "
@@ -94,28 +86,46 @@ def _end_to_end_table(results: dict[str, Any]) -> list[str]:
         "set against the model alone run that way (the second ratio: what the reading, resampling and "
         "tokenizing leave of the model's speed). Peak RSS: the largest process of the run.",
     ]
+    gpu = e2e.get("gpu")
+    if gpu:
+        label = results["engines"][gpu["engine"]]["label"]
+        lines += ["", f"On the GPU: cnm-run --provider cuda, batch {gpu['batch_size']}, {gpu['feed_processes']} feed "
+                  f"processes, {gpu['queries']} queries: {_qps(gpu['queries_per_s'])} queries/s against "
+                  f"{_number(gpu['model_only_queries_per_s'])} for {label} alone ({_number(gpu['ratio'], 2)}x), "
+                  f"peak RSS {_number(gpu['peak_rss_mb'], 0)} MB."]
+    return lines
+
+
+def _feed_table(results: dict[str, Any]) -> list[str]:
+    feed = results.get("feed_only")
+    if feed is None:
+        return []
+    rows = [[processes if processes != "0" else "0 (a thread)", _qps(figures["queries_per_s"]),
+             f"{_number(figures['vs_one_process'], 2)}x", _number(figures["startup_s"], 2)]
+            for processes, figures in feed["by_processes"].items()]
+    return [f"### Feed only: cnm-run with the model replaced by a no-op, batch {feed['batch_size']}, "
+            f"{feed['queries']} queries", "",
+            *markdown_table(["feed processes", "queries/s median (min-max)", "vs one process", "start-up (s)"], rows,
+                            "rrrr"),
+            "", "Reading, resampling, tokenizing and stacking alone: the most a model faster than the feed (a GPU) "
+            "can get end to end. The clock starts at the first result; start-up is the time to it."]
 
 
 def _accuracy_table(results: dict[str, Any]) -> list[str]:
-    lines = [
-        f"### Accuracy on the {results['inputs']['queries_used']} labelled queries",
-        "",
-        "| engine | " + " | ".join(HEADLINE_METRICS)
-        + " | max abs d center | max abs d width | GFLOPs per query | of which per video |",
-        "|---|" + "---:|" * (len(HEADLINE_METRICS) + 4),
-    ]
+    rows = []
     for engine in results["engines"].values():
         if "accuracy" not in engine:
             continue
         figures = engine["accuracy"]
-        scores = " | ".join(f"{100 * figures[name]:.2f}" for name in HEADLINE_METRICS)
-        drift = " | ".join("-" if figures[key] is None else f"{figures[key]:.1e}"
-                           for key in ("max_abs_d_center", "max_abs_d_width"))
-        gflops = " | ".join(_number(engine[key] / 1e9, 3) for key in ("flops_per_query", "flops_per_video"))
-        lines.append(f"| {engine['label']} | {scores} | {drift} | {gflops} |")
-    lines += ["", "IoU in percent; differences against PyTorch eager fp32. GFLOPs per query: a query whose video "
-              "no other query of its batch reads; the part per video is spent once per video of a batch."]
-    return lines
+        rows.append([engine["label"], *(f"{100 * figures[name]:.2f}" for name in HEADLINE_METRICS),
+                     *("-" if figures[key] is None else f"{figures[key]:.1e}"
+                       for key in ("max_abs_d_center", "max_abs_d_width")),
+                     *(_number(engine[key] / 1e9, 3) for key in ("flops_per_query", "flops_per_video"))])
+    return [f"### Accuracy on the {results['inputs']['queries_used']} labelled queries", "", *markdown_table(
+        ["engine", *HEADLINE_METRICS, "max abs d center", "max abs d width", "GFLOPs per query", "of which per video"],
+        rows, "l" + "r" * (len(HEADLINE_METRICS) + 4)),
+        "", "IoU in percent; differences against PyTorch eager fp32. GFLOPs per query: a query whose video "
+        "no other query of its batch reads; the part per video is spent once per video of a batch."]
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
@@ -128,6 +138,6 @@ def _targets(results: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    sections = [_header(results), _speed_table(results), _end_to_end_table(results), _accuracy_table(results),
-                _targets(results)]
-    return "\n\n".join("\n".join(section) for section in sections) + "\n"
+    sections = [_header(results), _speed_table(results), _end_to_end_table(results), _feed_table(results),
+                _accuracy_table(results), _targets(results)]
+    return "\n\n".join("\n".join(section) for section in sections if section) + "\n"

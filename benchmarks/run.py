@@ -23,6 +23,7 @@ import logging
 import math
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict, dataclass
@@ -37,7 +38,8 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.end_to_end import EndToEnd, run_cnm_run
-from benchmarks.engines import ENGINES, REFERENCE, TORCH_OMP_WAIT_POLICY, Engine, worker_env
+from benchmarks.feed_only import FeedRun, feed_only
+from benchmarks.engines import BY_NAME, ENGINES, REFERENCE, TORCH_OMP_WAIT_POLICY, Engine, worker_env
 from benchmarks.inputs import prepare_queries, synthetic_archive, write_repeated
 from benchmarks.machine import SGEMM_SIZE, cpu_model, gpu_name, sgemm_gflops, slug
 from benchmarks.plot import plot_throughput
@@ -69,7 +71,9 @@ class Settings:
     max_queries: int  # labelled queries prepared from the queries file
     e2e_queries: int  # queries per cnm-run: the prepared ones, repeated
     threads: int  # for every engine: PyTorch's threads, ONNX Runtime's intra-op threads
+    feed_processes: tuple[int, ...]  # the feed-only figure's feed processes (0: a thread)
     one_video_per_query: bool = False  # model-only batches share no video between queries
+    quick: bool = False  # a smoke test: small sizes everywhere
 
     @property
     def reference_batch(self) -> int:
@@ -83,6 +87,8 @@ class Settings:
 FULL = {"rounds": 5, "batch_sizes": (1, 16, 64, 128), "queries_per_point": 256, "max_queries": 500,
         "e2e_queries": 4096}
 QUICK = {"rounds": 2, "batch_sizes": (1, 4), "queries_per_point": 8, "max_queries": 32, "e2e_queries": 32}
+# cnm-run on a GPU: enough queries that tens of thousands a second run for seconds, start-up aside
+GPU_E2E_QUERIES = 200_000
 
 
 @dataclass(frozen=True)
@@ -160,14 +166,16 @@ class Measurements:
     videos: dict[tuple[str, int], list[int]]  # videos in each timed batch
     end_to_end: list[EndToEnd]
     end_to_end_error: str | None
+    feed_only: dict[int, list[FeedRun]]  # feed processes -> one run a round
 
 
-def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_end) -> Measurements:
-    """The rounds: never two engines measuring at once; cnm-run last in each round."""
+def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_end, run_feed_only) -> Measurements:
+    """The rounds: never two engines measuring at once; cnm-run, then the feed alone, last in each round."""
     keys = [(name, batch) for name in workers for batch in settings.batch_sizes]
-    measured = Measurements({key: [] for key in keys}, {key: [] for key in keys}, {key: [] for key in keys}, [], None)
+    measured = Measurements({key: [] for key in keys}, {key: [] for key in keys}, {key: [] for key in keys}, [], None,
+                            {processes: [] for processes in settings.feed_processes})
     names = list(workers)
-    steps = settings.rounds * (len(keys) + 1)
+    steps = settings.rounds * (len(keys) + 1 + len(settings.feed_processes))
     with tqdm(total=steps, desc="measuring", unit="step", file=sys.stderr, disable=None) as progress:
         for round_index in range(settings.rounds):
             order = names[round_index % len(names):] + names[: round_index % len(names)]
@@ -187,6 +195,9 @@ def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_en
                     measured.end_to_end_error = str(error)
                     log.error("cnm-run end to end: %s", error)
             progress.update()
+            for processes in settings.feed_processes:
+                measured.feed_only[processes].append(run_feed_only(processes))
+                progress.update()
     return measured
 
 
@@ -231,6 +242,42 @@ def end_to_end_results(measured: Measurements, engines: dict[str, dict], setting
         "side_by_side_ratio": ratio(qps["median"], model_only("ort-fp32-side")),
         "mIoU": runs[0].metrics["mIoU"],
     }
+
+
+def gpu_end_to_end(engines: dict[str, dict], models: Models, inputs: Inputs, queries: Path, settings: Settings,
+                   workdir: Path) -> dict[str, Any] | None:
+    """cnm-run with the CUDA provider at the fastest ONNX Runtime CUDA engine's best batch size, one feed
+    process a core but one, set against that engine's model-only figure."""
+    best = max(((figures["queries_per_s"]["median"], name, int(batch))
+                for name in ("ort-cuda-fp32", "ort-cuda-fp16")
+                for batch, figures in engines[name].get("speed", {}).items()), default=None)
+    if best is None:
+        return None
+    model_only, name, batch = best
+    feeders = max(1, available_cores() - 1)
+    runs = [run_cnm_run(models.paths[BY_NAME[name].graph], inputs.features, queries, batch, 1, workdir, "cuda",
+                        feeders) for _ in range(settings.rounds)]
+    qps = spread([run.queries_per_s for run in runs])
+    return {"engine": name, "batch_size": batch, "feed_processes": feeders, "queries": runs[0].metrics["predicted"],
+            "queries_per_s": qps, "model_only_queries_per_s": model_only, "ratio": ratio(qps["median"], model_only),
+            "peak_rss_mb": max(run.peak_rss_mb for run in runs)}
+
+
+def feed_only_results(measured: Measurements, settings: Settings) -> dict[str, Any] | None:
+    """Feed-only queries/s by feed processes, and each count's gain over one process."""
+    runs = {processes: found for processes, found in measured.feed_only.items() if found}
+    if not runs:
+        return None
+    by_processes = {
+        str(processes): {"queries_per_s": spread([run.queries_per_s for run in found]),
+                         "startup_s": statistics.median(run.startup_s for run in found)}
+        for processes, found in runs.items()
+    }
+    one = by_processes.get("1", {}).get("queries_per_s", {}).get("median")
+    for figures in by_processes.values():
+        figures["vs_one_process"] = ratio(figures["queries_per_s"]["median"], one)
+    return {"batch_size": settings.reference_batch, "queries": next(iter(runs.values()))[0].results,
+            "by_processes": by_processes}
 
 
 def machine_info(gpu: str | None) -> dict[str, Any]:
@@ -279,11 +326,15 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
     try:
         outputs = predict_all(workers, workdir)
         e2e_queries = write_repeated(prepared.queries, settings.e2e_queries, workdir / "e2e-queries.jsonl")
-        measured = measure_rounds(workers, settings, lambda: run_cnm_run(
-            models.paths["fp32"], inputs.features, e2e_queries, settings.reference_batch, settings.threads, workdir))
+        measured = measure_rounds(
+            workers, settings,
+            lambda: run_cnm_run(models.paths["fp32"], inputs.features, e2e_queries, settings.reference_batch,
+                                settings.threads, workdir),
+            lambda processes: feed_only(models.paths["fp32"], inputs.features, e2e_queries, settings.reference_batch,
+                                        processes, keep_videos=1))
     finally:
         for worker in workers.values():
-            worker.close()
+            worker.close()  # frees the GPU for cnm-run below
 
     engines = {
         engine.name: engine_results(engine, statuses[engine.name], providers.get(engine.name), models, settings,
@@ -291,6 +342,11 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
         for engine in ENGINES
     }
     end_to_end = end_to_end_results(measured, engines, settings)
+    if gpu and end_to_end is not None:
+        gpu_queries = write_repeated(prepared.queries, GPU_E2E_QUERIES if not settings.quick else settings.e2e_queries,
+                                     workdir / "gpu-e2e-queries.jsonl")
+        end_to_end["gpu"] = gpu_end_to_end(engines, models, inputs, gpu_queries, settings, workdir)
+    feed = feed_only_results(measured, settings)
     return {
         "command": command,
         "date": started.isoformat(timespec="seconds"),
@@ -306,7 +362,9 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
         "fastest": fastest(engines),
         "end_to_end": end_to_end,
         "end_to_end_error": measured.end_to_end_error,
-        "targets": check_targets(engines, end_to_end, settings.reference_batch, not settings.one_video_per_query),
+        "feed_only": feed,
+        "targets": check_targets(engines, end_to_end, feed, settings.reference_batch,
+                                 not settings.one_video_per_query),
     }
 
 
@@ -322,16 +380,16 @@ def write_results(results: dict[str, Any], out_dir: Path) -> list[Path]:
     return [json_path, md_path, png_path]
 
 
-def _batch_sizes(text: str | None) -> tuple[int, ...] | None:
+def _counts(text: str | None, minimum: int = 1) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
-        sizes = tuple(int(part) for part in text.split(","))
+        counts = tuple(int(part) for part in text.split(","))
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"batch sizes must be at least 1, got {text!r}")
-    return sizes
+    if not counts or min(counts) < minimum:
+        raise click.BadParameter(f"expected numbers of at least {minimum}, got {text!r}")
+    return counts
 
 
 FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -357,6 +415,8 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
                    f"[default: {FULL['e2e_queries']}; quick {QUICK['e2e_queries']}]")
 @click.option("--threads", type=click.IntRange(min=1),
               help="threads of every engine  [default: as cnm-run, one per core, at most 8]")
+@click.option("--feed-processes", help="comma-separated feed processes for the feed-only figure (0: a thread)  "
+              "[default: 0, 1, 2, 4, 8, 16 up to the cores; quick 0,1]")
 @click.option("--one-video-per-query", is_flag=True,
               help="model-only batches give every query its own copy of its video's clips (nothing shared); "
                    "cnm-run still shares")
@@ -364,15 +424,19 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
               show_default="benchmarks/results")
 def main(checkpoint: Path | None, vocab: Path | None, features: Path | None, queries: Path | None, quick: bool,
          rounds: int | None, batch_sizes: str | None, queries_per_point: int | None, max_queries: int | None,
-         e2e_queries: int | None, threads: int | None, one_video_per_query: bool, out_dir: Path) -> None:
+         e2e_queries: int | None, threads: int | None, feed_processes: str | None, one_video_per_query: bool,
+         out_dir: Path) -> None:
     """Speed and accuracy of every engine on one checkpoint and one labelled archive, side by side."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(logging.INFO)
     defaults = QUICK if quick else FULL
-    given = {"rounds": rounds, "batch_sizes": _batch_sizes(batch_sizes), "queries_per_point": queries_per_point,
+    given = {"rounds": rounds, "batch_sizes": _counts(batch_sizes), "queries_per_point": queries_per_point,
              "max_queries": max_queries, "e2e_queries": e2e_queries}
+    processes = _counts(feed_processes, minimum=0) or (
+        (0, 1) if quick else tuple(count for count in (0, 1, 2, 4, 8, 16) if count <= available_cores()))
     settings = Settings(**{key: defaults[key] if value is None else value for key, value in given.items()},
-                        threads=threads or default_threads(), one_video_per_query=one_video_per_query)
+                        threads=threads or default_threads(), feed_processes=processes,
+                        one_video_per_query=one_video_per_query, quick=quick)
     inputs = resolve_inputs(checkpoint, vocab, features, queries)
     command = shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
     with tempfile.TemporaryDirectory(prefix="cnm-bench-") as scratch:

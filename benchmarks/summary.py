@@ -62,9 +62,9 @@ def _target(text: str, value: float | None, bound: float, at_least: bool) -> dic
     return {"target": text, "value": value, "bound": bound, "met": met}
 
 
-def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, batch: int,
-                  videos_shared: bool = True) -> list[dict[str, Any]]:
-    """The issue's targets at ``batch``; ``met`` is None where an engine they need did not run, and for the
+def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, feed: dict[str, Any] | None,
+                  batch: int, videos_shared: bool = True) -> list[dict[str, Any]]:
+    """The targets at ``batch``; ``met`` is None where an engine they need did not run, and for the
     end-to-end ratio when the model-only batches shared no video (cnm-run's always do: not comparable)."""
     def qps(name: str) -> float | None:
         speed = engines[name].get("speed", {}).get(str(batch))
@@ -89,4 +89,36 @@ def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, b
         _target("int8 mIoU within 1 point of fp32 (ONNX Runtime)", metric_change("ort-int8", "mIoU"), 0.01,
                 at_least=False),
         e2e,
+        *feed_targets(feed),
+        *gpu_targets(engines, end_to_end),
     ]
+
+
+def feed_targets(feed: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """2 feed processes >= 1.6x one (what 2 cores allow), and 16 >= 5x one where 16 were measured."""
+    if feed is None:
+        return []
+    gains = {int(count): figures["vs_one_process"] for count, figures in feed["by_processes"].items()}
+    return [_target(f"feed only: {count} feed processes >= {bound}x one", gains[count], bound, at_least=True)
+            for count, bound in ((2, 1.6), (16, 5.0)) if count in gains]
+
+
+def gpu_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Where a GPU ran: ONNX Runtime CUDA (the better of fp32 and fp16) >= PyTorch CUDA fp16 at batch 64-512,
+    and cnm-run on the GPU >= 0.8x the model alone on it at its best batch size."""
+    def qps(name: str, batch: str) -> float | None:
+        speed = engines.get(name, {}).get("speed", {}).get(batch)
+        return speed["queries_per_s"]["median"] if speed else None
+
+    peer = engines.get("torch-cuda-fp16", {}).get("speed", {})
+    targets = []
+    for batch in sorted(peer, key=int):
+        if 64 <= int(batch) <= 512:
+            ours = max(filter(None, (qps("ort-cuda-fp32", batch), qps("ort-cuda-fp16", batch))), default=None)
+            targets.append(_target(f"ONNX Runtime CUDA (better of fp32, fp16) >= PyTorch CUDA fp16 at batch {batch}",
+                                   ratio(ours, qps("torch-cuda-fp16", batch)), 1.0, at_least=True))
+    gpu_run = (end_to_end or {}).get("gpu")
+    if gpu_run:
+        targets.append(_target(f"cnm-run on the GPU >= 0.8x the model alone on it (batch {gpu_run['batch_size']})",
+                               gpu_run["ratio"], 0.8, at_least=True))
+    return targets

@@ -57,7 +57,7 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_run):
 
     assert results["inputs"]["queries_used"] == 2 and results["inputs"]["queries_skipped"] == 1
     assert results["inputs"]["synthetic_features"] is True
-    quick = run.Settings(**run.QUICK, threads=1)
+    quick = run.Settings(**run.QUICK, threads=1, feed_processes=(0, 1), quick=True)
     for name in CPU_ENGINES:
         engine = results["engines"][name]
         assert engine["status"] == "ran"
@@ -84,6 +84,10 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_run):
         e2e["queries_per_s"]["median"] / engines["ort-fp32-side"]["speed"]["4"]["queries_per_s"]["median"])
     assert engines["ort-fp32-side"]["accuracy"] == engines["ort-fp32"]["accuracy"]  # the same graph
     assert [target["met"] is not None for target in results["targets"]] == [True] * 5
+    feed = results["feed_only"]
+    assert set(feed["by_processes"]) == {"0", "1"} and feed["queries"] == 32
+    assert all(figures["queries_per_s"]["median"] > 0 for figures in feed["by_processes"].values())
+    assert feed["by_processes"]["1"]["vs_one_process"] == 1.0 and "Feed only" in printed
     assert "| ONNX Runtime int8 | 4 |" in printed and "not run: no GPU" in printed
     for batch, name in results["fastest"].items():
         medians = [e["speed"][batch]["queries_per_s"]["median"] for e in engines.values() if "speed" in e]
@@ -110,11 +114,21 @@ def test_summary_figures():
         return {"speed": {"64": {"queries_per_s": {"median": qps}}}, "accuracy": {"IoU@0.5": miou, "mIoU": miou}}
 
     engines = {"torch-eager": engine(100, 0.5), "ort-fp32": engine(200, 0.5), "ort-int8": engine(310, 0.48)}
-    met = [t["met"] for t in check_targets(engines, {"queries_per_s": {"median": 180}}, 64)]
+    met = [t["met"] for t in check_targets(engines, {"queries_per_s": {"median": 180}}, None, 64)]
     assert met == [True, True, False, False, True]
-    assert check_targets({**engines, "ort-int8": {}}, None, 64)[1]["met"] is None
-    unshared = check_targets(engines, {"queries_per_s": {"median": 180}}, 64, videos_shared=False)[4]
+    assert check_targets({**engines, "ort-int8": {}}, None, None, 64)[1]["met"] is None
+    unshared = check_targets(engines, {"queries_per_s": {"median": 180}}, None, 64, videos_shared=False)[4]
     assert unshared["met"] is None and unshared["value"] == 0.9 and "not judged" in unshared["target"]
+
+    feed = {"by_processes": {"1": {"vs_one_process": 1.0}, "2": {"vs_one_process": 1.5},
+                             "16": {"vs_one_process": 6.0}}}
+    assert [(t["value"], t["met"]) for t in check_targets(engines, None, feed, 64)[5:]] == [(1.5, False), (6.0, True)]
+    gpu = {**engines, "torch-cuda-fp16": {"speed": {"16": engine(900, 0)["speed"]["64"], "64": engine(1000, 0)["speed"]["64"]}},
+           "ort-cuda-fp32": {"speed": {"64": engine(800, 0)["speed"]["64"]}},
+           "ort-cuda-fp16": {"speed": {"64": engine(1200, 0)["speed"]["64"]}}}
+    gpu_run = {"queries_per_s": {"median": 180}, "gpu": {"batch_size": 64, "ratio": 0.7}}
+    (peer, end_to_end) = check_targets(gpu, gpu_run, None, 64)[5:]
+    assert (peer["value"], peer["met"], end_to_end["met"]) == (1.2, True, False) and "batch 64" in peer["target"]
 
 
 def test_pytorch_half_engine_runs_the_model_in_float16(tmp_path):
