@@ -12,7 +12,8 @@ import pytest
 
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.batch import Batch
-from cnm_runtime.grounder import Grounder, Prediction
+from cnm_runtime.errors import InputError
+from cnm_runtime.grounder import Grounder, Prediction, ground
 from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
 from cnm_runtime import session as session_module
@@ -442,3 +443,90 @@ def test_tally_counts_and_metrics():
     assert (metrics["queries"], metrics["predicted"], metrics["with_ground_truth"], metrics["errors"]) == (4, 3, 2, 1)
     assert (metrics["dropped_tokens"], metrics["truncated_queries"], metrics["resumed"]) == (2, 1, 1)
     assert metrics["errors_by_code"] == {"unknown_video": 1} and metrics["queries_per_s"] == 1.5
+
+
+# --- one qid, one result; only finite outputs --------------------------------------------------------
+
+def test_a_later_line_with_an_earlier_qid_is_a_duplicate_error(tiny_model, archive):
+    """Explicit qids that repeat, and an explicit qid equal to another line's default (its 0-based line):
+    the first line keeps the qid, every later one is a duplicate_qid error, in every batch layout."""
+    records = [
+        {"video": "v0", "query": "person sits"},  # qid 0 by default
+        {"qid": "a", "video": "v1", "query": "person sits"},
+        {"qid": "a", "video": "v2", "query": "person opens the door"},
+        {"qid": 0, "video": "v3", "query": "person sits"},
+        {"qid": "b", "video": "missing", "query": "person sits"},  # an error still claims its qid
+        {"qid": "b", "video": "v1", "query": "person sits"},
+        {"qid": "a", "video": "v1", "query": "person sits"},
+    ]
+    for batch_size in (1, 3, 8):
+        predictions, errors = ground_all(Grounder(tiny_model, batch_size=batch_size), archive, records)
+        assert [p["qid"] for p in predictions] == [0, "a"]
+        assert [(e.line, e.qid, e.code) for e in errors] == [
+            (3, "a", "duplicate_qid"), (4, 0, "duplicate_qid"), (5, "b", "unknown_video"), (6, "b", "duplicate_qid"),
+            (7, "a", "duplicate_qid")]
+        assert "line 3: qid 'a'" in errors[0].message
+
+
+class NanSession:
+    """A session whose second query of every batch comes back NaN, as a damaged model's would."""
+
+    def __init__(self, session):
+        self.session, self.spec, self.provider = session, session.spec, session.provider
+        self.frames_dtype = session.frames_dtype
+
+    def default_runs(self) -> int:
+        return 1
+
+    def run(self, batch):
+        center, width = self.session.run(batch)
+        center[1:2] = np.nan
+        return center, width
+
+
+def test_a_non_finite_output_is_an_error_record_never_a_prediction(tiny_model, archive):
+    records = good_records(4)
+    grounder = Grounder(NanSession(ModelSession(tiny_model, "cpu")), batch_size=2)
+    predictions, errors = ground_all(grounder, archive, records)
+    assert [p["qid"] for p in predictions] == ["q0", "q2"]
+    assert [(e.qid, e.code) for e in errors] == [("q1", "non_finite_output"), ("q3", "non_finite_output")]
+    with pytest.raises(InputError, match="center nan") as raised:
+        grounder.predict(grounder.encode_video(_features(np.random.default_rng(0), 30)), ["person sits", "door"])
+    assert raised.value.code == "non_finite_output"
+
+
+def test_output_lines_are_strict_json(tmp_path):
+    with JsonLines(tmp_path / "out.jsonl") as out:
+        out.write({"qid": 1, "center": 0.5})
+        with pytest.raises(ValueError):
+            out.write({"qid": 2, "center": float("nan")})
+    assert (tmp_path / "out.jsonl").read_text() == '{"qid": 1, "center": 0.5}\n'
+
+
+# --- the Python API ------------------------------------------------------------------------------------
+
+def test_encode_a_video_once_and_ask_many_sentences(tiny_model, archive):
+    """predict gives what ground gives for the same video and sentences, with windows in seconds."""
+    grounder = Grounder(tiny_model, batch_size=2)
+    with FeatureArchive(archive) as features:
+        raw, duration = features.load("v1")
+    sentences = ["person opens the zebra door.", "person sits", " ".join(WORDS[:25])]
+    clips = grounder.encode_video(raw, duration)
+    predicted = grounder.predict(clips, sentences, video="v1")
+    grounded, _ = ground_all(grounder, archive, [{"video": "v1", "query": s} for s in sentences])
+    assert [p.record() for p in predicted] == grounded
+    first = predicted[0]
+    assert first.dropped_words == ("zebra", ".") and first.duration == 11.0
+    assert first.window == pytest.approx((first.span[0] * 11.0, first.span[1] * 11.0))
+    with pytest.raises(InputError, match="no word") as raised:
+        grounder.predict(clips, ["zebra zebra"])
+    assert raised.value.code == "out_of_vocabulary"
+    with pytest.raises(InputError) as raised:
+        grounder.encode_video(raw[:, :10])
+    assert raised.value.code == "wrong_width"
+
+
+def test_ground_reads_files_in_one_call(tiny_model, archive, tmp_path):
+    queries = write_lines(tmp_path / "q.jsonl", good_records(5))
+    results = list(ground(archive, queries, model=tiny_model, batch_size=2))
+    assert [r.qid for r in results] == [f"q{i}" for i in range(5)] and all(isinstance(r, Prediction) for r in results)
