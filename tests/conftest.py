@@ -1,9 +1,12 @@
-"""Shared fixtures: paths into ../shared (tests skip cleanly where it is absent) and tiny configs."""
+"""Shared fixtures: the golden set in tests/golden, paths into ../shared (tests skip cleanly where it is
+absent) and tiny configs."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +21,10 @@ class Blocker:
 sys.meta_path.insert(0, Blocker())
 """
 SHARED = REPO.parent / "shared"
-GOLDEN = SHARED / "golden" / "charades_small"
+# The original code's outputs for part of ../shared/golden/charades_small (tests/golden/README.txt), inside
+# the repository so that every clone proves fidelity.
+GOLDEN = REPO / "tests" / "golden"
+GOLDEN_WORD_SLOTS = 12  # the original padded words to its longest query (11 words) plus the start slot
 CHARADES = SHARED / "data" / "charades"
 ACTIVITYNET = SHARED / "data" / "activitynet"
 
@@ -31,7 +37,7 @@ def _require(path: Path) -> Path:
 
 @pytest.fixture
 def golden_dir() -> Path:
-    return _require(GOLDEN)
+    return GOLDEN
 
 
 @pytest.fixture
@@ -44,9 +50,49 @@ def activitynet_dir() -> Path:
     return _require(ACTIVITYNET)
 
 
+def read_golden_queries() -> list[dict]:
+    return [json.loads(line) for line in (GOLDEN / "queries.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture
-def golden_queries(golden_dir) -> list[dict]:
-    return [json.loads(line) for line in (golden_dir / "queries.jsonl").read_text().splitlines()]
+def golden_queries() -> list[dict]:
+    return read_golden_queries()
+
+
+@dataclass
+class GoldenInputs:
+    """The golden queries prepared by this code, row i for line i of queries.jsonl.
+
+    expected.npz keeps digests of the original's model inputs, not the inputs: test_preprocessing proves
+    these bit-identical to them, and the model tests feed them.
+    """
+
+    raw_num_rows: np.ndarray  # [n] rows of each raw feature array
+    frames: np.ndarray  # [n, 200, 1024] float32 clips, resampled as cnm-run does
+    word_ids: np.ndarray  # [n, GOLDEN_WORD_SLOTS]: slot 0 the start slot, then the kept words' ids, zero padded
+    words_len: np.ndarray  # [n]
+    word_vectors: np.ndarray  # [1112, 300] the model's word table, row 0 the padding
+
+    @property
+    def words_feat(self) -> np.ndarray:
+        """[n, GOLDEN_WORD_SLOTS, 300] float32, the words as the model takes them."""
+        return self.word_vectors[self.word_ids]
+
+
+@pytest.fixture(scope="session")
+def golden_inputs() -> GoldenInputs:
+    from cnm_runtime import Vocabulary, resample_clips, validate_features
+    from cnm_runtime.archive import FeatureArchive
+    from cnm_runtime.text import load_glove, pad_word_ids
+
+    queries = read_golden_queries()
+    with FeatureArchive(GOLDEN / "features.hdf5") as archive:
+        raw = [validate_features(archive.read(q["video"]), 1024, q["video"]) for q in queries]
+    glove = load_glove(GOLDEN / "glove.pkl")
+    vocab = Vocabulary.from_glove(glove, 1111)
+    word_ids, words_len = pad_word_ids([vocab.encode(q["query"], 20) for q in queries], GOLDEN_WORD_SLOTS)
+    return GoldenInputs(np.array([len(rows) for rows in raw]), np.stack([resample_clips(rows, 200) for rows in raw]),
+                        word_ids, words_len, vocab.word_vectors(glove))
 
 
 # --- small artefacts made on the fly -------------------------------------------------------------
@@ -55,8 +101,6 @@ def write_glove(path: Path, words: list[str], dim: int = 300, seed: int = 0) -> 
     """A glove.pkl in the original layout; ``words`` get strictly decreasing counts (so ids follow the list)."""
     import pickle
     from collections import Counter
-
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     glove = {

@@ -9,10 +9,10 @@ import pytest
 from cnm_runtime import InputError, Vocabulary, resample_clips, validate_features
 from cnm_runtime.features import resample_rows
 from cnm_runtime.videos import Clips
-from cnm_runtime.archive import FeatureArchive
 from nltk.tokenize import word_tokenize
 
-from cnm_runtime.text import load_glove, pad_word_ids, tokenize
+from cnm_runtime.text import load_glove, tokenize
+from golden.derive import digest
 
 
 @pytest.fixture
@@ -20,25 +20,18 @@ def golden(golden_dir):
     return np.load(golden_dir / "expected.npz")
 
 
-def test_golden_frames_match_exactly(golden_dir, golden_queries, golden):
-    with FeatureArchive(golden_dir / "features.hdf5") as archive:
-        for i, query in enumerate(golden_queries):
-            raw = validate_features(archive.read(query["video"]), 1024, query["video"])
-            assert len(raw) == golden["raw_num_rows"][i]
-            np.testing.assert_array_equal(resample_clips(raw, 200), golden["frames_feat"][i])
+def test_golden_frames_match_exactly(golden_inputs, golden):
+    """Every bit of the resampled clips: their SHA-256 is that of the original's frames_feat."""
+    np.testing.assert_array_equal(golden_inputs.raw_num_rows, golden["raw_num_rows"])
+    assert [digest(frames) for frames in golden_inputs.frames] == golden["frames_feat_sha256"].tolist()
 
 
-def test_golden_words_match_exactly(golden_dir, golden_queries, golden):
-    glove = load_glove(golden_dir / "glove.pkl")
-    vocab = Vocabulary.from_glove(glove, 1111)
-    assert vocab.size == 1112
-    table = vocab.word_vectors(glove)
-    encoded = [vocab.encode(q["query"], 20) for q in golden_queries]
-    word_ids, words_len = pad_word_ids(encoded, golden["words_feat"].shape[1])
-    np.testing.assert_array_equal(words_len, golden["words_len"])
-    np.testing.assert_array_equal(word_ids[:, 1:], golden["words_id"])
-    words_feat = table[word_ids]
-    np.testing.assert_array_equal(words_feat[:, 1:], golden["words_feat"][:, 1:])
+def test_golden_words_match_exactly(golden_inputs, golden):
+    """Word ids, lengths and every bit of the word vectors after the start slot (the original's words_feat)."""
+    assert golden_inputs.word_vectors.shape == (1112, 300)
+    np.testing.assert_array_equal(golden_inputs.words_len, golden["words_len"])
+    np.testing.assert_array_equal(golden_inputs.word_ids[:, 1:], golden["words_id"])
+    assert [digest(words[1:]) for words in golden_inputs.words_feat] == golden["words_feat_sha256"].tolist()
 
 
 def test_dropped_tokens_on_real_charades_query(charades_dir):

@@ -82,6 +82,6 @@ def test_eval_runs_the_original_checkpoint(golden_dir, golden_queries, tmp_path)
     expected = np.load(golden_dir / "expected.npz")
     truth = np.array([q["timestamps"] for q in golden_queries]) / np.array([[q["duration"]] for q in golden_queries])
     reference = grounding_metrics(temporal_iou(expected["props"], truth))
-    assert evaluation["num_updates"] == 4150 and evaluation["test_queries"] == 64
+    assert evaluation["num_updates"] == 4150 and evaluation["test_queries"] == len(golden_queries)
     for name in METRIC_NAMES:
         assert evaluation["test"][name] == pytest.approx(reference[name], abs=1e-6)
