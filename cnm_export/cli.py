@@ -19,7 +19,7 @@ from cnm_export.verify import verify_export
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="ONNX file to write  [default: CHECKPOINT with .onnx]")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp16: fp16 math, float32 inputs/outputs (GPU providers); int8: dynamic quantization (CPU)")
+              help="fp16: fp16 math and frames, float32 outputs (GPU providers); int8: dynamic quantization (CPU)")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True)
 @click.option("--prune/--no-prune", default=True, show_default=True,
               help="skip work whose result is never read: all but the last position in the last frame-decoder layer, "

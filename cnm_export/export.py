@@ -2,7 +2,7 @@
 
 The fp32 graph comes from PyTorch's TorchScript exporter, which folds the packed attention weights into
 plain initializers (the int8 quantizer needs them so; the torch.export-based exporter splits and
-transposes them at run time). fp16 is the same module cast to half before export; int8 is ONNX Runtime's
+transposes them at run time). fp16 is the same module cast to half before export, taking half frames (half the bytes to feed); int8 is ONNX Runtime's
 dynamic quantization of the fp32 file's matrix weights.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ def trace_to_onnx(graph: GeneratorGraph, spec: ModelSpec, out: Path, opset: int)
     """Run PyTorch's exporter on ``graph``; only the batch axes (videos, queries) are dynamic."""
     batch = 2
     example = (
-        torch.zeros(batch, spec.max_num_frames, spec.frame_dim),
+        torch.zeros(batch, spec.max_num_frames, spec.frame_dim, dtype=graph.dtype),
         torch.arange(batch),
         torch.zeros(batch, spec.word_slots, dtype=torch.long),
         torch.ones(batch, dtype=torch.long),

@@ -53,7 +53,7 @@ class GeneratorGraph(nn.Module):
     which the model replaces by its start vector), so the runtime needs no ``glove.pkl``.
     The graph holds its own copy of the model, so putting it in eval mode or casting it to ``dtype``
     never changes the caller's module. With ``dtype=torch.float16`` the math runs in fp16 (attention
-    softmax stays float32, as in the model) while ``frames`` and the outputs stay float32.
+    softmax stays float32, as in the model) and ``frames`` come in float16; the outputs stay float32.
     ``prune`` skips work whose result is never read: the last frame-decoder layer computes only the one
     position the head reads, and the clips' causal self-attention runs in chunks (``ChunkedCausalAttention``).
     """
@@ -72,6 +72,6 @@ class GeneratorGraph(nn.Module):
 
     def forward(self, frames, video_index, word_ids, words_len):
         words_feat = self.word_vectors[word_ids]
-        center, width = self.model.generate(frames.to(self.dtype), words_feat, words_len, last_only=self.prune,
+        center, width = self.model.generate(frames, words_feat, words_len, last_only=self.prune,
                                             video_index=video_index)
         return center.float(), width.float()

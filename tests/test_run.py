@@ -530,3 +530,21 @@ def test_ground_reads_files_in_one_call(tiny_model, archive, tmp_path):
     queries = write_lines(tmp_path / "q.jsonl", good_records(5))
     results = list(ground(archive, queries, model=tiny_model, batch_size=2))
     assert [r.qid for r in results] == [f"q{i}" for i in range(5)] and all(isinstance(r, Prediction) for r in results)
+
+
+def test_an_fp16_model_is_fed_half_frames(tiny_model, archive, tmp_path, monkeypatch):
+    """The feed gathers clips straight into float16 slots for a graph that takes half frames; the results
+    are the same whether a thread or a feed process prepared them."""
+    pytest.importorskip("torch")
+    from cnm_export.export import export_checkpoint
+
+    fp16 = export_checkpoint(tiny_model.with_name("model.pt"), tiny_model.with_name("glove.pkl"),
+                             tmp_path / "fp16.onnx", precision="fp16")
+    assert fp16.precision == "fp16"
+    grounder = Grounder(tmp_path / "fp16.onnx", batch_size=4)
+    frames_types, run = [], grounder.session.run
+    monkeypatch.setattr(grounder.session, "run", lambda batch: frames_types.append(batch.frames.dtype) or run(batch))
+    records = good_records(10)
+    inline = ground_all(grounder, archive, records)
+    assert set(frames_types) == {np.dtype(np.float16)} and len(inline[0]) == 10
+    assert ground_all(Grounder(tmp_path / "fp16.onnx", batch_size=4, feeders=1), archive, records) == inline
