@@ -37,9 +37,8 @@ FALLBACKS = {
     "cpu": ("cpu",),
 }
 ORT_DEFAULT_LOG_SEVERITY = 2  # warnings, ONNX Runtime's own default
-# Graph rewrites left out on the CPU provider. SkipLayerNormalization (residual Add + LayerNorm in one node,
-# fused in int8 graphs) ran slower there than the two nodes: int8 batches of 64 took a fifth less time
-# without it on the d=128 model (2 cores), fp32 graphs did not change.
+# Graph rewrites left out on the CPU provider: ONNX Runtime's CPU kernel for SkipLayerNormalization (residual
+# Add + LayerNorm in one node, fused in int8 graphs) is slower than the two plain nodes it replaces.
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
 
 
@@ -48,15 +47,13 @@ def default_trt_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnm" / "tensorrt"
 
 
-# The threads cnm-run keeps busy when none are asked for: one per core, at most this many. With one run of
-# many threads (the default before runs side by side), more threads waited on each other more: on a 16-core
-# Xeon the demo model grounded 2,577 queries/s end to end on 4 threads, 3,328 on 8 and 2,968 on 16
-# (benchmarks/cnm_run_scale.py settings).
+# The threads cnm-run keeps busy when none are asked for: one per core, at most this many, since past that
+# the threads of a model this small wait on each other more than they compute (benchmarks/cnm_run_scale.py
+# settings sweeps them on a machine).
 MAX_DEFAULT_THREADS = 8
 # On the CPU a run gets one thread and batches run side by side instead, one a core: the graph is many small
-# operators, and the threads of one run wait on each other. Demo model, batches of 64, 2 cores, the model
-# alone: 4,221.6 queries/s two runs of one thread at once, 2,848.0 one run of two threads
-# (python -m benchmarks.run, "ONNX Runtime fp32, batches side by side" against "ONNX Runtime fp32").
+# operators, and the threads of one run would wait on each other at each of them (python -m benchmarks.run
+# sets "ONNX Runtime fp32, batches side by side" against "ONNX Runtime fp32").
 CPU_THREADS_PER_RUN = 1
 
 
@@ -71,14 +68,11 @@ def _options(threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle threads sleep instead of spinning: the batching thread needs a core (measured on 2 cores, one run
-    # of two threads: the model alone 10% faster spinning, end to end 15% slower).
+    # Idle threads sleep instead of spinning: the feed needs the cores the model is not using.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # Flush denormals to zero: a softmax over masked keys underflows, and the CPU's slow path for denormal
-    # results took a fifth of the demo model's time (measured on 2 cores). It holds on ONNX Runtime's own
-    # threads and on the thread that calls run, whichever that is (checked once with one thread: as fast run
-    # from another thread as from the one that made the session, a third slower without the entry); weights
-    # below 1.2e-38 become 0.
+    # results would cost more than the useful work. It holds on ONNX Runtime's own threads and on whichever
+    # thread calls run; weights below 1.2e-38 become 0.
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
