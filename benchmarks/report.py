@@ -13,6 +13,10 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}x"
+
+
 def _qps(figures: dict[str, Any]) -> str:
     return f"{_number(figures['median'])} ({_number(figures['min'])}-{_number(figures['max'])})"
 
@@ -50,7 +54,7 @@ def _speed_table(results: dict[str, Any]) -> list[str]:
             share = _number(gflops) + (f" ({100 * gflops / sgemm:.0f}%)" if engine["device"] == "cpu" else "")
             rows.append([engine["label"], batch, _number(figures["videos_per_batch"]), _qps(qps),
                          f"{_number(figures['latency_ms']['p50'])} / {_number(figures['latency_ms']['p99'])}",
-                         f"{_number(speedup, 2)}x", share])
+                         _times(speedup), share])
     sharing = ("every query with its own copy of its video's clips (--one-video-per-query)"
                if results["settings"]["one_video_per_query"] else
                "each video once however many of its queries the batch holds, as cnm-run batches them")
@@ -69,16 +73,16 @@ def _end_to_end_table(results: dict[str, Any]) -> list[str]:
     e2e = results["end_to_end"]
     if e2e is None:
         return ["### End to end (cnm-run)", "", "not run"]
+    at_once = f", {e2e['runs']} batches at once" if "runs" in e2e else ""  # runs made before side by side lack it
     lines = [
-        f"### End to end: cnm-run on the archive, batch {e2e['batch_size']}, CPU provider, "
-        f"{e2e['runs']} batches at once",
+        f"### End to end: cnm-run on the archive, batch {e2e['batch_size']}, CPU provider{at_once}",
         "",
         *markdown_table(
             ["queries", "cnm-run queries/s median (min-max)", "model-only ONNX Runtime fp32", "ratio",
              "model-only, batches side by side", "ratio", "peak RSS (MB)"],
             [[str(e2e["queries"]), _qps(e2e["queries_per_s"]), _number(e2e["model_only_queries_per_s"]),
-              f"{_number(e2e['ratio'], 2)}x", _number(e2e["side_by_side_queries_per_s"]),
-              f"{_number(e2e['side_by_side_ratio'], 2)}x", _number(e2e["peak_rss_mb"], 0)]], "rrrrrrr"),
+              _times(e2e['ratio']), _number(e2e.get("side_by_side_queries_per_s")),
+              _times(e2e.get('side_by_side_ratio')), _number(e2e["peak_rss_mb"], 0)]], "rrrrrrr"),
         "",
         "cnm-run's own queries/s (its --metrics): reading, resampling, tokenizing and inference of every query, "
         "from its first query to its last prediction (loading the model excluded); the labelled queries repeated, "
@@ -91,7 +95,7 @@ def _end_to_end_table(results: dict[str, Any]) -> list[str]:
         label = results["engines"][gpu["engine"]]["label"]
         lines += ["", f"On the GPU: cnm-run --provider cuda, batch {gpu['batch_size']}, {gpu['feed_processes']} feed "
                   f"processes, {gpu['queries']} queries: {_qps(gpu['queries_per_s'])} queries/s against "
-                  f"{_number(gpu['model_only_queries_per_s'])} for {label} alone ({_number(gpu['ratio'], 2)}x), "
+                  f"{_number(gpu['model_only_queries_per_s'])} for {label} alone ({_times(gpu['ratio'])}), "
                   f"peak RSS {_number(gpu['peak_rss_mb'], 0)} MB."]
     return lines
 
@@ -101,7 +105,7 @@ def _feed_table(results: dict[str, Any]) -> list[str]:
     if feed is None:
         return []
     rows = [[processes if processes != "0" else "0 (a thread)", _qps(figures["queries_per_s"]),
-             f"{_number(figures['vs_one_process'], 2)}x", _number(figures["startup_s"], 2)]
+             _times(figures['vs_one_process']), _number(figures["startup_s"], 2)]
             for processes, figures in feed["by_processes"].items()]
     return [f"### Feed only: cnm-run with the model replaced by a no-op, batch {feed['batch_size']}, "
             f"{feed['queries']} queries", "",

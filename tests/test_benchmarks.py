@@ -179,3 +179,13 @@ def test_model_only_batches_share_videos_unless_told_not_to(tmp_path):
             assert worker.ask({"cmd": "measure", "batch_size": 4, "batches": 2})["videos"] == videos
         finally:
             worker.close()
+
+
+def test_the_readmes_figures_are_generated_from_the_results_json():
+    """benchmarks/README.md and the top README's results table are what the results JSON gives: a figure typed
+    by hand, or a result added without regenerating, fails here (python -m benchmarks.readme mends it)."""
+    from benchmarks import readme
+
+    assert (readme.BENCHMARKS / "README.md").read_text() == readme.benchmarks_readme()
+    table = "\n".join(readme.results_table())
+    assert f"{readme.MARKERS[0]}\n{table}\n{readme.MARKERS[1]}" in readme.TOP_README.read_text()

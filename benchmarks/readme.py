@@ -1,0 +1,138 @@
+"""``python -m benchmarks.readme``: benchmarks/README.md, and the results table of the top README, written
+from the results JSON under benchmarks/results/ (never retyped by hand).
+
+Each folder of results is one benchmark; every JSON file in it is one run, shown newest first with the
+command that made it and the machine it ran on, through the markdown renderer of the module that wrote it.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report import markdown as benchmark_markdown
+from cnm_runtime.report import markdown_table
+
+BENCHMARKS = Path(__file__).resolve().parent
+RESULTS = BENCHMARKS / "results"
+TOP_README = BENCHMARKS.parent / "README.md"
+MARKERS = ("<!-- results: python -m benchmarks.readme writes this table -->", "<!-- end of results -->")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    folder: str  # under benchmarks/results
+    title: str
+    about: str  # what it measures and how to run it
+    renderer: str = "benchmarks.report"  # the module whose markdown(results) renders one run
+
+
+BENCHMARKS_SHOWN = (
+    Benchmark("charades-config", "The model users deploy: the original Charades config", """\
+The original Charades config (d=256, 4 heads, 3+3 decoder layers, 1024-d frames, 1,111 words) with seeded
+untrained weights (`python -m benchmarks.untrained`: speed does not depend on the weights, so its IoU
+figures show only the drift between engines), on synthetic features that `cnm-synth` made for the real
+Charades-STA test annotations:
+
+    cnm-synth --annotations ../shared/data/charades/test.json --glove ../shared/data/charades/glove.pkl \\
+        --vocab-cap 1111 -o runs/charades/features.hdf5
+    python -m benchmarks.untrained --config charades_i3d --vocab ../shared/data/charades/glove.pkl \\
+        -o runs/charades/untrained.pt
+    python -m benchmarks.run --checkpoint runs/charades/untrained.pt --features runs/charades/features.hdf5 \\
+        --queries ../shared/data/charades/test.json --out-dir benchmarks/results/charades-config"""),
+    Benchmark("demo", "The demo's model", """\
+The small model that `cnm-demo` trains (config `default`: d=64, 2+2 layers), on its synthetic test split:
+
+    cnm-demo && python -m benchmarks.run --out-dir benchmarks/results/demo"""),
+    Benchmark("gpu", "On a lent GPU machine", """\
+`bash benchmarks/device_check.sh` on a GPU machine of the `device` tool (its header says how to ready it):
+the same benchmark with the GPU engines and batch 512, cnm-run on the GPU, the feed by feed processes on
+the machine's cores, and two epochs of `cnm-train --device cuda`."""),
+    Benchmark("seed-sweep", "The embedded default on every seed", """\
+The first command's training (`cnm-train` on the embedded synthetic dataset, config `default`) for several
+seeds, each set against the prior (the mean training span):
+
+    python -m benchmarks.seed_sweep""", renderer="benchmarks.seed_sweep"),
+    Benchmark("ray", "cnm-run on Ray Data", """\
+`cnm-run --engine ray` with 1 and 2 actors against the local cnm-run on the same archive:
+
+    python -m benchmarks.ray_scaling""", renderer="benchmarks.ray_scaling"),
+)
+
+INTRO = """\
+# Benchmarks
+
+Every table below is generated from the JSON files under `benchmarks/results/` by `python -m benchmarks.readme`;
+each run names its command, its machine and its date. No real video features can be fetched on our machines:
+all figures are on synthetic archives the project generates (`cnm-synth`), so accuracy figures say how
+engines differ, not how CNM does on real videos. Speed is measured side by side in one run (each engine in
+its own process, rounds interleaving them, warm-up excluded); a ratio compares like with like on the same
+cores."""
+
+
+def runs(folder: Path) -> list[dict[str, Any]]:
+    """The results JSON files of ``folder``, newest first."""
+    found = [json.loads(path.read_text()) for path in folder.glob("*.json")]
+    return sorted(found, key=lambda results: results.get("date", ""), reverse=True)
+
+
+def render(benchmark: Benchmark, results: dict[str, Any]) -> str:
+    if benchmark.renderer == "benchmarks.report":
+        return benchmark_markdown(results)
+    return importlib.import_module(benchmark.renderer).markdown(results)
+
+
+def benchmarks_readme() -> str:
+    parts = [INTRO]
+    for benchmark in BENCHMARKS_SHOWN:
+        found = runs(RESULTS / benchmark.folder)
+        if not found:
+            continue
+        parts += [f"## {benchmark.title}", benchmark.about]
+        parts += [render(benchmark, results).replace("\n## ", "\n### ", 1).rstrip() for results in found]
+    return "\n\n".join(parts) + "\n"
+
+
+def _median(figures: dict[str, Any] | None) -> str:
+    return "-" if not figures else f"{figures['queries_per_s']['median']:,.0f}"
+
+
+def results_table() -> list[str]:
+    """The top README's table: the newest run of the deployed config, batch 64, and the newest GPU run."""
+    rows = []
+    deployed = runs(RESULTS / "charades-config")
+    if deployed:
+        results = deployed[0]
+        machine = f"{results['machine']['cores']}-core CPU"
+        for name in ("torch-eager", "ort-fp32", "ort-int8", "ort-fp32-side"):
+            engine = results["engines"][name]
+            rows.append([engine["label"], "64", machine, _median(engine.get("speed", {}).get("64"))])
+        e2e = results["end_to_end"]
+        if e2e:
+            rows.append(["cnm-run end to end (CPU provider)", "64", machine, _median(e2e)])
+        for processes, figures in (results.get("feed_only") or {}).get("by_processes", {}).items():
+            rows.append([f"feed alone, {processes} feed processes" if processes != "0" else "feed alone, a thread",
+                         "64", machine, _median(figures)])
+    gpu = runs(RESULTS / "gpu")
+    if gpu:
+        results = gpu[0]
+        for name, engine in results["engines"].items():
+            if engine["device"] == "gpu" and "speed" in engine:
+                batch = max(engine["speed"], key=int)
+                rows.append([f"{engine['label']} ({results['date'][:10]})", batch,
+                             f"{results['machine']['gpu']}", _median(engine["speed"][batch])])
+    return markdown_table(["engine", "batch", "machine", "queries/s (median)"], rows, "lrlr")
+
+
+def main() -> None:
+    (BENCHMARKS / "README.md").write_text(benchmarks_readme())
+    text = TOP_README.read_text()
+    head, rest = text.split(MARKERS[0], 1)
+    _, tail = rest.split(MARKERS[1], 1)
+    TOP_README.write_text(head + MARKERS[0] + "\n" + "\n".join(results_table()) + "\n" + MARKERS[1] + tail)
+
+
+if __name__ == "__main__":
+    main()
