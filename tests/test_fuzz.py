@@ -1,0 +1,240 @@
+"""Hostile input: every queries line becomes one query or one error record, every archive a clear error at
+worst. Pathological lines one by one first, then seeded mutations of valid files."""
+from __future__ import annotations
+
+import json
+import random
+
+import h5py
+import numpy as np
+import pytest
+
+from cnm_runtime import queries as queries_module
+from cnm_runtime.archive import C3D_DATASET, FeatureArchive
+from cnm_runtime.errors import ERROR_CODES, InputError
+from cnm_runtime.queries import BOM, MAX_LINE_BYTES, Query, QueryError, count_queries, read_queries
+
+GOOD = b'{"video": "v1", "query": "person opens the door.", "duration": 12.5, "timestamps": [1, 4]}'
+
+
+def assert_writable(result: Query | QueryError) -> None:
+    """What a run writes of ``result`` is strict JSON in UTF-8."""
+    record = result.record() if isinstance(result, QueryError) else {
+        "qid": result.qid, "vid": result.video, "query": result.sentence, "duration": result.duration}
+    json.dumps(record, allow_nan=False, ensure_ascii=False).encode("utf-8")
+
+
+# --- pathological lines, one by one ----------------------------------------------------------------------
+
+PATHOLOGICAL = {
+    "invalid_utf8": (b'{"video": "\xff\xfe", "query": "person"}', "bad_encoding"),
+    "encoded_surrogate": (b'{"video": "\xed\xa0\x80", "query": "person"}', "bad_encoding"),
+    "utf16": ('{"video": "v1", "query": "person"}'.encode("utf-16"), "bad_encoding"),
+    "surrogate_video": (b'{"video": "v\\ud800", "query": "person"}', "bad_encoding"),
+    "surrogate_query": (b'{"video": "v1", "query": "person \\udfff"}', "bad_encoding"),
+    "surrogate_qid": (b'{"video": "v1", "query": "person", "qid": "\\ud800"}', "bad_encoding"),
+    "deep_list": (b"[" * 100_000, "malformed_json"),
+    "deep_object": (b'{"a": ' * 100_000, "malformed_json"),
+    "5000_digits": (b'{"video": "v1", "query": "person", "duration": ' + b"9" * 5000 + b"}", "malformed_json"),
+    "int_beyond_float": (b'{"video": "v1", "query": "person", "duration": ' + b"9" * 400 + b"}", "bad_field"),
+    "timestamp_beyond_float": (b'{"video": "v1", "query": "person", "timestamps": [1, ' + b"9" * 400 + b"]}",
+                               "bad_field"),
+    "1e999": (b'{"video": "v1", "query": "person", "duration": 1e999}', "bad_field"),
+    "nan": (b'{"video": "v1", "query": "person", "duration": NaN}', "malformed_json"),
+    "infinity_anywhere": (b'{"video": "v1", "query": "person", "extra": -Infinity}', "malformed_json"),
+    "raw_nul": (b'{"video": "v1", "query": "person\x00"}', "malformed_json"),
+    "qid_bool": (b'{"video": "v1", "query": "person", "qid": true}', "bad_field"),
+    "qid_list": (b'{"video": "v1", "query": "person", "qid": [1]}', "bad_field"),
+    "qid_float": (b'{"video": "v1", "query": "person", "qid": 2.0}', "bad_field"),
+    "bom_inside": (BOM + GOOD, "malformed_json"),  # a byte-order mark is allowed at the start of the file only
+    "too_long": (b"x" * (MAX_LINE_BYTES + 1), "line_too_long"),
+}
+
+
+@pytest.mark.parametrize("line, code", PATHOLOGICAL.values(), ids=PATHOLOGICAL)
+def test_a_pathological_line_is_an_error_record(tmp_path, line, code):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(GOOD + b"\n" + line + b"\n" + GOOD + b"\n")
+    first, bad, last = read_queries(path)
+    assert isinstance(first, Query) and isinstance(last, Query) and (first.line, last.line) == (1, 3)
+    assert (bad.code, bad.line) == (code, 2) and bad.message.startswith("line 2: ")
+    # the line's default qid, or none where the line's own is not a valid one
+    assert bad.qid in (1, None) and not isinstance(bad.qid, bool)
+    assert_writable(bad)
+    assert count_queries(path) == 3
+
+
+def test_a_line_at_the_cap_is_read_and_one_byte_more_is_not(tmp_path):
+    at_cap = GOOD + b" " * (MAX_LINE_BYTES - len(GOOD))
+    path = tmp_path / "q.jsonl"
+    path.write_bytes(at_cap + b"\n" + at_cap + b" \n" + at_cap)  # the last one without a newline
+    at, over, last = read_queries(path)
+    assert isinstance(at, Query) and isinstance(last, Query) and last.line == 3
+    assert (over.code, over.line) == ("line_too_long", 2)
+
+
+def test_a_byte_order_mark_starts_a_file_or_an_annotation_list(tmp_path):
+    lines, annotations = tmp_path / "q.jsonl", tmp_path / "test.json"
+    lines.write_bytes(BOM + GOOD + b"\n" + GOOD + b"\n")
+    annotations.write_bytes(BOM + json.dumps([["v1", 30.0, [1, 4], "person opens the door."]]).encode())
+    assert [type(q) for q in read_queries(lines)] == [Query, Query]
+    (entry,) = read_queries(annotations)
+    assert entry == Query(1, 0, "v1", "person opens the door.", 30.0, (1.0, 4.0))
+
+
+@pytest.mark.parametrize("document, codes", [
+    (b'[["v1", 30, [1, 4], "person sits."], ["v1", 1' + b"0" * 400 + b', [1, 4], "person sits."]]',
+     [None, "malformed_entry"]),
+    (b'[["v1", 30, [1, 4], "person sits."], ' + b"[" * 500 + b"]" * 500 + b"]", [None, "malformed_entry"]),
+    (b'[["v1", 30, [1, 4], "person sits."], "entry", null]', [None, "not_an_object", "not_an_object"]),
+    (b'[["v1", 30, [1, 4], "person \xff sits."]]', ["bad_encoding"]),
+    (b'[["v1", 30, [1, 4], "person sits."], NaN]', ["malformed_json"]),
+    (b"[" * 100_000, ["malformed_json"]),
+])
+def test_a_bad_annotation_list_entry_is_an_error_record(tmp_path, document, codes):
+    path = tmp_path / "test.json"
+    path.write_bytes(document)
+    results = list(read_queries(path))
+    assert [getattr(r, "code", None) for r in results] == codes and count_queries(path) == len(codes)
+    for result in results:
+        assert_writable(result)
+
+
+def test_an_annotation_list_over_the_cap_is_one_error_record(tmp_path, monkeypatch):
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps([["v1", 30, [1, 4], "person sits."]] * 10))
+    monkeypatch.setattr(queries_module, "MAX_LIST_BYTES", path.stat().st_size - 1)
+    (result,) = read_queries(path)
+    assert result.code == "list_too_large" and count_queries(path) == 1
+
+
+def test_every_error_code_is_registered():
+    with pytest.raises(ValueError, match="not an error code"):
+        InputError("no_such_code", "message")
+    with pytest.raises(ValueError, match="not an error code"):
+        QueryError(None, 1, "no_such_code", "message")
+    assert all(code.islower() and meaning for code, meaning in ERROR_CODES.items())
+
+
+# --- mutated queries files ---------------------------------------------------------------------------------
+
+def mutated_line(rng: random.Random, line: bytes) -> bytes:
+    kind = rng.randrange(9)
+    if kind == 0:  # flip bits
+        line = bytearray(line)
+        for _ in range(rng.randint(1, 4)):
+            line[rng.randrange(len(line))] ^= 1 << rng.randrange(8)
+        return bytes(line)
+    if kind == 1:  # truncate
+        return line[: rng.randrange(len(line))]
+    if kind == 2:  # duplicate, maybe on the same line
+        return line + rng.choice([b"\n", b"", b" "]) + line
+    if kind == 3:  # insert random bytes, newlines included
+        at = rng.randrange(len(line) + 1)
+        return line[:at] + rng.randbytes(rng.randint(1, 16)) + line[at:]
+    if kind == 4:  # huge
+        return line + b" " * rng.choice([MAX_LINE_BYTES - len(line), MAX_LINE_BYTES + 1, 2 * MAX_LINE_BYTES])
+    if kind == 5:  # deeply nested
+        depth = rng.choice([10, 1_000, 100_000])
+        return b'{"video": "v1", "query": "person", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    if kind == 6:  # a byte-order mark where it does not belong
+        return BOM + line
+    if kind == 7:  # JSON's corners in a field
+        value = rng.choice([b"NaN", b"1e999", b"9" * 5000, b'"\\ud800"', b'"\\u0000"', b"true", b"[]", b"{}"])
+        field = rng.choice([b"qid", b"duration", b"video", b"query", b"timestamps"])
+        return b'{"video": "v1", "query": "person", "' + field + b'": ' + value + b"}"
+    return line
+
+
+def expected_lines(data: bytes) -> list[int]:
+    """The line numbers that must each give one result: non-blank lines, and every line over the cap."""
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the final newline ends the last line
+    lines[:1] = [line.removeprefix(BOM) for line in lines[:1]]
+    return [number for number, line in enumerate(lines, start=1) if len(line) > MAX_LINE_BYTES or line.strip()]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mutated_queries_files_account_for_every_line(tmp_path, seed):
+    rng = random.Random(seed)
+    for round_ in range(10):
+        lines = [GOOD]  # the first line stays a JSON object, so the file stays JSON lines
+        lines += [mutated_line(rng, GOOD) if rng.random() < 0.7 else GOOD for _ in range(20)]
+        data = (BOM if rng.random() < 0.3 else b"") + b"\n".join(lines) + rng.choice([b"\n", b""])
+        path = tmp_path / f"q{round_}.jsonl"
+        path.write_bytes(data)
+        results = list(read_queries(path))  # read_lines, each line parsed
+        assert [result.line for result in results] == expected_lines(data)
+        assert count_queries(path) == len(results)
+        for result in results:
+            assert_writable(result)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mutated_annotation_lists_give_every_entry_or_one_error(tmp_path, seed):
+    rng = random.Random(seed)
+    entries = [["v1", 30.0, [1.0, 4.0], "person opens the door."], ["v2", 12.5, [0, 3], "person sits."]] * 5
+    document = json.dumps(entries).encode()
+    for round_ in range(20):
+        mutated = b"[" + mutated_line(rng, document[1:])  # still a list by its first character
+        path = tmp_path / f"a{round_}.json"
+        path.write_bytes(mutated)
+        results = list(read_queries(path))  # read_lines, each line parsed
+        assert count_queries(path) == len(results)
+        unreadable = len(results) == 1 and isinstance(results[0], QueryError) and results[0].qid is None
+        assert unreadable or [result.line for result in results] == list(range(1, len(results) + 1))
+        for result in results:
+            assert_writable(result)
+
+
+# --- mutated archives ------------------------------------------------------------------------------------
+
+def write_archive(path) -> list[str]:
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as out:
+        for video in ("v0", "v1"):
+            out[video] = rng.standard_normal((20, 8)).astype(np.float32)
+            out[video].attrs["duration"] = 10.0
+        out.create_dataset("gzip", data=rng.standard_normal((20, 8)).astype(np.float32), chunks=(5, 8),
+                           compression="gzip")
+        out.create_group("group")[C3D_DATASET] = rng.standard_normal((20, 8)).astype(np.float32)
+        out["soft"] = h5py.SoftLink("/v0")
+    return ["v0", "v1", "gzip", "group", "soft", "absent"]
+
+
+def mutated_file(rng: random.Random, data: bytes) -> bytes:
+    kind = rng.randrange(3)
+    data = bytearray(data)
+    if kind == 0:
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif kind == 1:
+        del data[rng.randrange(len(data)):]
+    else:
+        at = rng.randrange(len(data))
+        data[at:at + 64] = bytes(len(data[at:at + 64]))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_mutated_archives_fail_to_open_or_give_arrays_or_input_errors(tmp_path, seed):
+    videos = write_archive(tmp_path / "base.hdf5")
+    data = (tmp_path / "base.hdf5").read_bytes()
+    rng = random.Random(seed)
+    for round_ in range(150):
+        path = tmp_path / f"m{round_}.hdf5"
+        path.write_bytes(mutated_file(rng, data))
+        try:
+            archive = FeatureArchive(path)
+        except OSError as error:
+            assert str(path) in str(error)
+            continue
+        with archive:
+            for video in videos:
+                try:
+                    values, duration = archive.load(video)
+                except InputError as error:
+                    assert error.code in ("unknown_video", "unreadable_video") and repr(video) in error.message
+                else:
+                    assert isinstance(values, np.ndarray) and (duration is None or isinstance(duration, float))
