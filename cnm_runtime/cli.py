@@ -53,8 +53,9 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
               help="HDF5 feature archive: a dataset per video, or a group per video holding c3d_features.")
 @click.option("--queries", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON lines (video, query, [qid, duration, timestamps]) or an original annotation list.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True), default="-",
-              show_default=True, help="Predictions, one JSON line per query ('-': standard output).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), default="-",
+              show_default=True, help="Predictions, one JSON line per query ('-': standard output); with "
+                                      "--engine ray, the folder of shard files.")
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path),
               help="One JSON line per bad query or video (default: logged to standard error).")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -77,11 +78,33 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
 @click.option("--resume", is_flag=True, help="Skip the qids already in -o and append the rest.")
 @click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit with status 1 when there are more errors than this.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: on Ray Data actors (pip install 'cnm[ray]'), into -o FOLDER, one file per shard; "
+                   "the same command again finishes a run that stopped.")
+@click.option("--address", default=None, help="With --engine ray: 'auto' or ray://HOST:PORT joins a cluster "
+                                              "(default: Ray on this machine).")
+@click.option("--actors", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --engine ray: actors, each one model session (0: one a GPU, else one per --threads CPUs).")
+@click.option("--shard-batches", type=click.IntRange(min=1), default=64, show_default=True,
+              help="With --engine ray: batches a shard, the unit of work that a rerun skips when done.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
          metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, feeders: int,
-         keep_videos: int, trt_cache: Path | None, resume: bool, max_errors: int) -> None:
+         keep_videos: int, trt_cache: Path | None, resume: bool, max_errors: int, engine: str, address: str | None,
+         actors: int, shard_batches: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")
+    if engine == "ray":
+        from cnm_runtime import ray_job  # ray is imported only for this engine
+
+        options = ray_job.RayOptions(actors=actors, threads=threads or 1, provider=provider, batch_size=batch_size,
+                                     keep_videos=keep_videos, trt_cache=str(trt_cache) if trt_cache else None)
+        job = ray_job.RayJob(model=model, features=features, queries=queries, out=output, address=address,
+                             options=options, shard_batches=shard_batches, metrics=metrics_path, max_errors=max_errors)
+        ray_job.run_from_cli(job, ignored={"--errors": errors_path, "--resume": resume, "--runs": runs,
+                                           "--feeders": feeders})
+        return
+    if output.is_dir():
+        raise click.UsageError(f"-o {output} is a folder; the local engine writes one file")
     to_stdout = str(output) == "-"
     if resume and to_stdout:
         raise click.UsageError("--resume needs -o FILE: standard output cannot be read back")

@@ -1,0 +1,175 @@
+"""cnm-run --engine ray with 1, 2, ... actors against the local cnm-run, on one machine and one archive.
+
+    cnm-export tests/golden/model-best.pt --vocab tests/golden/glove.pkl -o golden.onnx
+    python -m benchmarks.ray_scaling --model golden.onnx      # JSON to benchmarks/results/ray/
+
+Each engine runs as the cnm-run command (random features from ``cnm_run_scale.make_archive``: speed only),
+in rounds that alternate the engines, so that other load on the machine falls on all of them alike. For
+each run it records:
+
+- ``queries_per_s``: cnm-run's own figure (its metrics: from the model loaded, or from Ray started, to the
+  last record written; for Ray that includes cutting the shards and starting the actors),
+- ``steady_queries_per_s`` (Ray): the queries written between the first shard's files and the last's,
+  over that time: the rate a long job runs at once the actors are up,
+- ``command_s``: the whole command, Ray's start and stop included,
+- ``cpu_s``: CPU time of the command and every process under it (Ray's daemons and actors), sampled from
+  /proc; CPU time per query barely changes with other load, unlike queries/s,
+- the load average before and after.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+
+from benchmarks.cnm_run_scale import make_archive
+from benchmarks.machine import cpu_model, slug
+from cnm_runtime.cores import available_cores
+from cnm_runtime.session import ModelSession
+
+RESULTS = Path(__file__).parent / "results" / "ray"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process: pid -> (parent pid, CPU seconds so far)."""
+    processes = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            processes[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS)  # ppid, utime+stime
+    return processes
+
+
+class TreeCpu:
+    """CPU seconds of a process and all its descendants, sampled every ``interval`` while it runs (each
+    process counted at its last sample: the last fraction of an interval of each is missed)."""
+
+    def __init__(self, root: int, interval: float = 0.2):
+        self.root, self.interval, self.seen = root, interval, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            processes = _processes()
+            children: dict[int, list[int]] = {}
+            for pid, (parent, _) in processes.items():
+                children.setdefault(parent, []).append(pid)
+            pending = [self.root]
+            while pending:
+                pid = pending.pop()
+                if pid in processes:
+                    self.seen[pid] = processes[pid][1]
+                    pending += children.get(pid, [])
+            self._stop.wait(self.interval)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return sum(self.seen.values())
+
+
+def _load() -> list[float]:
+    return [float(part) for part in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def run_once(args: list[str], metrics: Path) -> dict:
+    load_before = _load()
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "cnm_runtime", *args, "--metrics", str(metrics)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cpu = TreeCpu(process.pid)
+    _, err = process.communicate()
+    cpu_s = cpu.stop()
+    if process.returncode != 0:
+        raise RuntimeError(f"cnm-run {' '.join(args)} failed:\n{err}")
+    result = json.loads(metrics.read_text())
+    return {"queries_per_s": result["queries_per_s"], "wall_s": result["wall_s"],
+            "command_s": round(time.perf_counter() - started, 2), "cpu_s": round(cpu_s, 2),
+            "cpu_ms_per_query": round(1000 * cpu_s / result["queries"], 3),
+            "load_before": load_before, "load_after": _load()}
+
+
+def steady_rate(out: Path) -> float | None:
+    """Queries a second between the first shard's predictions file and the last's."""
+    shards = sorted((path.stat().st_mtime, path.read_bytes().count(b"\n")) for path in out.glob("predictions-*.jsonl"))
+    if len(shards) < 2 or shards[-1][0] == shards[0][0]:
+        return None
+    return round(sum(count for _, count in shards[1:]) / (shards[-1][0] - shards[0][0]), 1)
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    values = [run[key] for run in runs if run.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+@click.command()
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--videos", default=1000, show_default=True)
+@click.option("--queries-per-video", default=12, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--shard-batches", default=8, show_default=True)
+@click.option("--actors", default="1,2", show_default=True, help="Ray actor counts to run")
+@click.option("--rounds", default=2, show_default=True, help="each engine this many times, alternating")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS, show_default=True)
+def main(model: Path, videos: int, queries_per_video: int, batch_size: int, shard_batches: int, actors: str,
+         rounds: int, out_dir: Path) -> None:
+    """Queries/s and CPU per query of the local engine and of Ray with each actor count."""
+    engines = {"local": []} | {f"ray-{count}-actors": [] for count in map(int, actors.split(","))}
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        archive, queries = make_archive(folder, ModelSession(model, "cpu").spec, videos, queries_per_video)
+        common = ["--model", str(model), "--features", str(archive), "--queries", str(queries), "--provider", "cpu",
+                  "--batch-size", str(batch_size)]
+        for round_ in range(rounds):
+            for engine, runs in engines.items():
+                out = folder / f"{engine}-{round_}"
+                if engine == "local":
+                    args = [*common, "-o", str(out)]
+                else:
+                    args = [*common, "--engine", "ray", "--actors", engine.split("-")[1], "--shard-batches",
+                            str(shard_batches), "-o", str(out)]
+                run = run_once(args, folder / f"metrics-{engine}-{round_}.json")
+                if engine != "local":
+                    run["steady_queries_per_s"] = steady_rate(out)
+                runs.append(run)
+                print(json.dumps({"engine": engine, "round": round_, **run}), file=sys.stderr, flush=True)
+    local_qps, local_cpu = _median(engines["local"], "queries_per_s"), _median(engines["local"], "cpu_ms_per_query")
+    summary = {}
+    for engine, runs in engines.items():
+        summary[engine] = {key: _median(runs, key) for key in ("queries_per_s", "steady_queries_per_s", "command_s",
+                                                               "cpu_ms_per_query")}
+        summary[engine]["vs_local_queries_per_s"] = round(summary[engine]["queries_per_s"] / local_qps, 3)
+        summary[engine]["local_cpu_ms_over_this"] = round(local_cpu / summary[engine]["cpu_ms_per_query"], 3)
+    machine = f"{cpu_model()}, {available_cores()} cores"
+    result = {
+        "machine": machine, "date": datetime.date.today().isoformat(), "model": model.name,
+        "features": "synthetic (random, benchmarks/cnm_run_scale.make_archive)",
+        "videos": videos, "queries": videos * queries_per_video, "batch_size": batch_size,
+        "shard_size": shard_batches * batch_size, "provider": "cpu", "rounds": rounds,
+        "summary_medians": summary, "runs": engines,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{slug(cpu_model(), f'{available_cores()}c')}-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
