@@ -75,6 +75,10 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
               help="Recent videos kept in memory, so nearby queries of one video share a read.")
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="TensorRT engine and timing cache (default: ~/.cache/cnm/tensorrt).")
+@click.option("--refuse-outside-links", is_flag=True,
+              help="A video whose features would be read from a file outside the archive's folder (an HDF5 "
+                   "external link, a virtual dataset's source, external raw storage) is a link_outside_archive "
+                   "error instead.")
 @click.option("--resume", is_flag=True, help="Skip the qids already in -o and append the rest.")
 @click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit with status 1 when there are more errors than this.")
@@ -89,8 +93,8 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
               help="With --engine ray: batches a shard, the unit of work that a rerun skips when done.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
          metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, feeders: int,
-         keep_videos: int, trt_cache: Path | None, resume: bool, max_errors: int, engine: str, address: str | None,
-         actors: int, shard_batches: int) -> None:
+         keep_videos: int, trt_cache: Path | None, refuse_outside_links: bool, resume: bool, max_errors: int,
+         engine: str, address: str | None, actors: int, shard_batches: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")
     if engine == "ray":
@@ -111,7 +115,8 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
     try:
         FeatureArchive(features).close()  # fail now, not in a feed process
         grounder = Grounder(model, provider=provider, threads=threads or None, runs=runs or None,
-                            batch_size=batch_size, feeders=feeders, keep_videos=keep_videos, trt_cache_dir=trt_cache)
+                            batch_size=batch_size, feeders=feeders, keep_videos=keep_videos, trt_cache_dir=trt_cache,
+                            follow_outside_links=not refuse_outside_links)
     except (OSError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
     log.info("model %s on %s, batches of %d (%d at once, threads a run: %d), feed processes: %d", model,

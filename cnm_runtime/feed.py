@@ -77,10 +77,11 @@ class Prepared:
 class BatchMaker:
     """Prepares chunks against one archive handle; each process that prepares chunks makes its own."""
 
-    def __init__(self, archive: str | Path, spec: ModelSpec, keep_videos: int, done: Collection[str] = ()):
+    def __init__(self, archive: str | Path, spec: ModelSpec, keep_videos: int, done: Collection[str] = (),
+                 follow_outside_links: bool = True):
         self.spec = spec
         self.vocabulary = spec.vocabulary()
-        self.archive = FeatureArchive(archive)
+        self.archive = FeatureArchive(archive, follow_outside_links)
         self.videos = RecentVideos(self.archive, spec.frame_dim, spec.max_num_frames, keep_videos)
         self.done = done  # qid keys (``qid_key``) of the queries to leave out
 
@@ -158,11 +159,11 @@ _maker: BatchMaker | None = None
 _slots: np.ndarray | None = None
 
 
-def _start_feed_process(archive: str, spec: ModelSpec, keep_videos: int, done: frozenset[str], slots_path: str,
-                        slots_shape: tuple[int, ...], dtype: str) -> None:
+def _start_feed_process(archive: str, spec: ModelSpec, keep_videos: int, done: frozenset[str],
+                        follow_outside_links: bool, slots_path: str, slots_shape: tuple[int, ...], dtype: str) -> None:
     global _maker, _slots
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process ends us
-    _maker = BatchMaker(archive, spec, keep_videos, done)
+    _maker = BatchMaker(archive, spec, keep_videos, done, follow_outside_links)
     _slots = np.memmap(slots_path, np.dtype(dtype), "r+", shape=slots_shape)
 
 
@@ -182,7 +183,8 @@ class Feed:
     """
 
     def __init__(self, archive: str | Path, spec: ModelSpec, frames_dtype: np.dtype, batch_size: int,
-                 processes: int, runs: int, keep_videos: int, done: Collection[str] = ()):
+                 processes: int, runs: int, keep_videos: int, done: Collection[str] = (),
+                 follow_outside_links: bool = True):
         self.ahead = 2 * max(processes, 1)
         shape = (batch_size, spec.max_num_frames, spec.frame_dim)
         self.slots = FrameSlots(self.ahead + runs + 1, shape, frames_dtype, shared=processes > 0)
@@ -194,9 +196,9 @@ class Feed:
                 self._pool = ProcessPoolExecutor(
                     processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_feed_process,
                     initargs=(str(archive), spec, max(1, keep_videos // processes), frozenset(done),
-                              self.slots.path, self.slots.shape, self.slots.dtype.str))
+                              follow_outside_links, self.slots.path, self.slots.shape, self.slots.dtype.str))
             else:
-                self._maker = BatchMaker(archive, spec, keep_videos, done)
+                self._maker = BatchMaker(archive, spec, keep_videos, done, follow_outside_links)
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="cnm-feed")
         except BaseException:
             self.slots.close()

@@ -142,13 +142,14 @@ class Grounder:
     """An exported model in an ONNX Runtime session, ready to ground queries.
 
     ``feeders``: processes that prepare batches for ``ground`` (0: a thread of this process); ``runs``:
-    batches in the model at once (default: one a core on the CPU, one on a GPU). ``model`` may also be a
+    batches in the model at once (default: one a core on the CPU, one on a GPU); ``follow_outside_links``:
+    False refuses a video whose values lie in a file outside the archive's folder (``link_outside_archive``). ``model`` may also be a
     ready session (anything with ``spec``, ``provider``, ``frames_dtype``, ``default_runs()`` and ``run``).
     """
 
     def __init__(self, model: str | Path | ModelSession = "model-best.onnx", *, provider: str = "auto",
                  threads: int | None = None, runs: int | None = None, batch_size: int = 64, feeders: int = 0,
-                 keep_videos: int = 64, trt_cache_dir: str | Path | None = None):
+                 keep_videos: int = 64, trt_cache_dir: str | Path | None = None, follow_outside_links: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.session = model if hasattr(model, "run") else ModelSession(
@@ -159,6 +160,7 @@ class Grounder:
         self.batch_size = batch_size
         self.feeders = feeders
         self.keep_videos = keep_videos
+        self.follow_outside_links = follow_outside_links
 
     @property
     def provider(self) -> str:
@@ -197,7 +199,7 @@ class Grounder:
         done = {qid_key(qid) for qid in skip_qids}
         claimed: set[str] = set()
         feed = Feed(archive, self.spec, self.session.frames_dtype, self.batch_size, self.feeders, self.runs,
-                    self.keep_videos, done)
+                    self.keep_videos, done, self.follow_outside_links)
         model = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model")
         ahead: deque[Future] = deque()  # chunks being prepared, in order
         with_model: deque[tuple[Prepared, Future | None]] = deque()  # batches with the model, in order

@@ -19,7 +19,7 @@ from cnm_export import cli  # noqa: E402
 from cnm_export.export import export_checkpoint, export_model, load_source, nonfinite_constants  # noqa: E402
 from cnm_export.flops import graph_flops  # noqa: E402
 from cnm_export.graph import ChunkedCausalAttention  # noqa: E402
-from cnm_export.verify import TOLERANCE, load_labelled_set, random_feed, verify_export  # noqa: E402
+from cnm_export.verify import TOLERANCE, load_labelled_set, random_batch, verify_export  # noqa: E402
 from cnm_runtime.model_spec import ModelSpec  # noqa: E402
 from cnm_runtime.spans import HEADLINE_METRICS  # noqa: E402
 from cnm_runtime.text import Vocabulary, load_glove  # noqa: E402
@@ -90,13 +90,15 @@ def _dims(value):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_interface_is_float32_with_a_dynamic_batch(golden_exports, precision):
+def test_interface_has_a_dynamic_batch_and_half_frames_for_fp16(golden_exports, precision):
+    """Outputs are float32 at every precision; an fp16 graph takes its frames in float16 (half the bytes)."""
     _, out = golden_exports
     graph = onnx.load(str(out / f"{precision}.onnx")).graph
     inputs = {v.name: _dims(v) for v in graph.input}
     outputs = {v.name: _dims(v) for v in graph.output}
     FLOAT, INT64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-    assert inputs == {"frames": (["videos", 200, 1024], FLOAT), "video_index": (["batch"], INT64),
+    frames = onnx.TensorProto.FLOAT16 if precision == "fp16" else FLOAT
+    assert inputs == {"frames": (["videos", 200, 1024], frames), "video_index": (["batch"], INT64),
                       "word_ids": (["batch", 21], INT64), "words_len": (["batch"], INT64)}
     assert outputs == {"center": (["batch"], FLOAT), "width": (["batch"], FLOAT)}
 
@@ -111,7 +113,9 @@ def test_file_is_checked_self_contained_and_finite(golden_exports, golden_inputs
     proto = onnx.load(str(alone))
     assert not any(init.data_location == onnx.TensorProto.EXTERNAL for init in proto.graph.initializer)
     assert nonfinite_constants(proto) == []
-    center, _ = session(alone).run(None, golden_feed(golden_inputs, slice(0, 3)))
+    inputs = golden_feed(golden_inputs, slice(0, 3))
+    inputs["frames"] = inputs["frames"].astype(np.float16 if precision == "fp16" else np.float32)
+    center, _ = session(alone).run(None, inputs)
     assert np.isfinite(center).all()
 
 
@@ -187,13 +191,13 @@ def test_random_inputs_cover_every_query_length():
     spec = ModelSpec(words=tuple(f"w{i}" for i in range(9)), max_num_words=20, max_num_frames=200, frame_dim=8,
                      max_width=1.0)
     rng = np.random.default_rng(0)
-    assert random_feed(spec, 1, rng)["words_len"].tolist() == [20]
-    feed = random_feed(spec, 64, rng)
-    assert set(feed["words_len"].tolist()) == set(range(1, 21))
-    assert feed["frames"].shape == (32, 200, 8) and feed["word_ids"].shape == (64, 21)  # two queries a video
-    assert feed["video_index"].tolist() == [i // 2 for i in range(64)]
-    assert feed["word_ids"].max() == 9 and (feed["word_ids"][:, 0] == 0).all()
-    assert ((feed["word_ids"] > 0).sum(axis=1) == feed["words_len"]).all()
+    assert random_batch(spec, 1, rng).words_len.tolist() == [20]
+    batch = random_batch(spec, 64, rng)
+    assert set(batch.words_len.tolist()) == set(range(1, 21))
+    assert batch.frames.shape == (32, 200, 8) and batch.word_ids.shape == (64, 21)  # two queries a video
+    assert batch.video_index.tolist() == [i // 2 for i in range(64)]
+    assert batch.word_ids.max() == 9 and (batch.word_ids[:, 0] == 0).all()
+    assert ((batch.word_ids > 0).sum(axis=1) == batch.words_len).all()
 
 
 @pytest.mark.parametrize("config, vocab_size, frame_dim", [
@@ -255,16 +259,16 @@ def test_pruned_graph_matches_the_full_one_with_fewer_flops(tmp_path):
     assert (full.per_video, full.per_query) == _analytic_flops(256, 3, 1024, pruned=False)
     assert (pruned.per_video, pruned.per_query) == _analytic_flops(256, 3, 1024, pruned=True)
     assert 1.10e9 < full.per_query_at() < 1.12e9 and pruned.per_query_at() < 0.8 * full.per_query_at()
-    feed = random_feed(spec_of(tmp_path / "full.onnx"), 7, np.random.default_rng(1))
-    full_outputs = session(tmp_path / "full.onnx").run(None, feed)
-    for expected, got in zip(full_outputs, session(tmp_path / "pruned.onnx").run(None, feed)):
+    inputs = random_batch(spec_of(tmp_path / "full.onnx"), 7, np.random.default_rng(1)).inputs()
+    full_outputs = session(tmp_path / "full.onnx").run(None, inputs)
+    for expected, got in zip(full_outputs, session(tmp_path / "pruned.onnx").run(None, inputs)):
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
 def test_export_leaves_the_live_module_unchanged(tmp_path):
     checkpoint, glove = tiny_checkpoint(tmp_path)
     source = load_source(checkpoint, glove)
-    feed = {k: torch.from_numpy(v) for k, v in random_feed(source.spec, 5, np.random.default_rng(2)).items()}
+    feed = {k: torch.from_numpy(v) for k, v in random_batch(source.spec, 5, np.random.default_rng(2)).inputs().items()}
     words = torch.from_numpy(source.word_vectors)[feed["word_ids"]]
 
     def eager():
@@ -311,10 +315,10 @@ def test_labelled_set_skips_bad_queries(tmp_path):
         {"video": "good", "query": "person"},  # no ground truth
     ]
     (tmp_path / "queries.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
-    labelled = load_labelled_set(tmp_path, spec)
-    assert labelled.rows == [2]
-    assert labelled.feed["word_ids"].tolist() == [[0, 1, 2] + [0] * 18] and labelled.feed["words_len"].tolist() == [2]
-    assert labelled.feed["frames"].shape == (1, 200, 4)
+    labelled = load_labelled_set(tmp_path / "features.hdf5", tmp_path / "queries.jsonl", spec)
+    assert [query.line for query in labelled.queries] == [3] and labelled.read == 4
+    assert labelled.batch.word_ids.tolist() == [[0, 1, 2] + [0] * 18] and labelled.batch.words_len.tolist() == [2]
+    assert labelled.batch.frames.shape == (1, 200, 4)
     np.testing.assert_allclose(labelled.truth, [[0.2, 0.5]])
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ def test_golden_reproduced_without_torch(golden_dir, tmp_path):
 
     export_checkpoint(golden_dir / "model-best.pt", golden_dir / "glove.pkl", tmp_path / "model-best.onnx")
     code, out, err = finished(cnm_run("--features", golden_dir / "features.hdf5", "--queries",
-                                      golden_dir / "queries.jsonl", "--workers", "1", "--batch-size", "16",
+                                      golden_dir / "queries.jsonl", "--feeders", "1", "--batch-size", "16",
                                       "--metrics", tmp_path / "metrics.json", cwd=tmp_path))
     assert code == 0, err
     records = [json.loads(line) for line in out.splitlines()]
@@ -90,11 +91,11 @@ def test_bad_lines_are_recorded_and_good_lines_unchanged(tiny_model, archive, tm
     queries = write_lines(tmp_path / "mixed.jsonl", lines)
     code, out, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", queries,
                                       "-o", tmp_path / "pred.jsonl", "--errors", tmp_path / "errors.jsonl",
-                                      "--metrics", tmp_path / "metrics.json", "--batch-size", 4, "--workers", 1))
+                                      "--metrics", tmp_path / "metrics.json", "--batch-size", 4, "--feeders", 1))
     assert code == 1, err  # more errors than --max-errors 0
     assert "Traceback" not in err and f"{len(BAD_LINES)} errors" in err
 
-    clean, _ = ground_all(Grounder(tiny_model, batch_size=4, workers=0), archive, good)
+    clean, _ = ground_all(Grounder(tiny_model, batch_size=4), archive, good)
     assert read_lines(tmp_path / "pred.jsonl") == clean
     errors = read_lines(tmp_path / "errors.jsonl")
     assert [(e["line"], e["code"]) for e in errors] == expected_errors
@@ -111,7 +112,7 @@ def test_max_errors_sets_the_exit_status(tiny_model, archive, tmp_path):
     queries = write_lines(tmp_path / "q.jsonl", [{"video": "v0", "query": "person sits"},
                                                  {"video": "nope", "query": "person sits"}])
     code, out, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", queries,
-                                      "--max-errors", 1, "--workers", 0))
+                                      "--max-errors", 1))
     assert code == 0, err
     assert len(out.splitlines()) == 1 and "unknown_video" in err  # without --errors, errors are logged
 
@@ -130,14 +131,14 @@ def test_interrupted_and_killed_runs_resume_to_the_uninterrupted_result(tiny_mod
     pred = tmp_path / "pred.jsonl"
     run = ("--model", tiny_model, "--features", archive, "--queries", queries, "-o", pred, "--batch-size", 1)
 
-    ctrl_c = cnm_run(*run, "--workers", 1)  # Ctrl-C: the run stops cleanly, its workers with it
+    ctrl_c = cnm_run(*run, "--feeders", 1)  # Ctrl-C: the run stops cleanly, its feed process with it
     _wait_for_lines(pred, 20, ctrl_c)
     ctrl_c.send_signal(signal.SIGINT)
     code, _, err = finished(ctrl_c)
     assert code == 130 and "--resume" in err and "Traceback" not in err
     after_ctrl_c = len(read_lines(pred))
 
-    crash = cnm_run(*run, "--workers", 0, "--resume")  # a crash: killed outright
+    crash = cnm_run(*run, "--resume")  # a crash: killed outright
     _wait_for_lines(pred, after_ctrl_c + 20, crash)
     crash.kill()
     finished(crash)
@@ -145,9 +146,9 @@ def test_interrupted_and_killed_runs_resume_to_the_uninterrupted_result(tiny_mod
     assert after_ctrl_c < whole.count(b"\n") < len(records)
     pred.write_bytes(whole + b'{"qid": "q5')  # as if killed halfway through a line
 
-    code, _, err = finished(cnm_run(*run, "--workers", 0, "--resume", "--metrics", tmp_path / "metrics.json"))
+    code, _, err = finished(cnm_run(*run, "--resume", "--metrics", tmp_path / "metrics.json"))
     assert code == 0, err
-    clean, _ = ground_all(Grounder(tiny_model, batch_size=1, workers=0), archive, records)
+    clean, _ = ground_all(Grounder(tiny_model, batch_size=1), archive, records)
     assert read_lines(pred) == clean
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["predicted"] == len(records) and 0 < metrics["resumed"] < len(records)
@@ -163,3 +164,80 @@ def test_missing_model_is_a_clear_error(archive, tmp_path):
     queries = write_lines(tmp_path / "q.jsonl", [{"video": "v0", "query": WORDS[0]}])
     code, _, err = finished(cnm_run("--features", archive, "--queries", queries, cwd=tmp_path))
     assert code == 1 and "model-best.onnx does not exist" in err and "Traceback" not in err
+
+
+def _feed_processes(pid: int) -> list[int]:
+    """The feed processes of the cnm-run ``pid``: its children started by multiprocessing's spawn."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        if parent == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_feed_processes_write_the_same_bytes_as_one_thread(tiny_model, archive, tmp_path):
+    records = good_records(40) + [{"video": "nan", "query": "person sits"}, {"qid": "q1", "video": "v0", "query": "person sits"}]
+    queries = write_lines(tmp_path / "q.jsonl", records)
+    outputs = {}
+    for feeders in (0, 2):
+        pred, errors = tmp_path / f"pred{feeders}.jsonl", tmp_path / f"errors{feeders}.jsonl"
+        code, _, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", queries, "-o", pred,
+                                        "--errors", errors, "--batch-size", 4, "--feeders", feeders,
+                                        "--max-errors", 2))
+        assert code == 0, err
+        outputs[feeders] = (pred.read_bytes(), errors.read_bytes())
+    assert outputs[0] == outputs[2] and outputs[0][0].count(b"\n") == 40
+    assert [e["code"] for e in read_lines(tmp_path / "errors0.jsonl")] == ["non_finite", "duplicate_qid"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the feed processes through /proc")
+def test_a_dead_feed_process_is_a_clear_error_and_resume_completes(tiny_model, archive, tmp_path):
+    records = good_records(600)
+    queries = write_lines(tmp_path / "q.jsonl", records)
+    pred = tmp_path / "pred.jsonl"
+    run = ("--model", tiny_model, "--features", archive, "--queries", queries, "-o", pred, "--batch-size", 2)
+
+    process = cnm_run(*run, "--feeders", 2)
+    _wait_for_lines(pred, 20, process)
+    feeders = _feed_processes(process.pid)
+    assert len(feeders) == 2
+    os.kill(feeders[0], signal.SIGKILL)  # as the out-of-memory killer would
+    code, _, err = finished(process)
+    assert code == 1 and "a feed process died" in err and "--resume" in err and "Traceback" not in err
+    written = len(read_lines(pred))
+    assert 20 <= written < len(records)
+
+    code, _, err = finished(cnm_run(*run, "--feeders", 2, "--resume", "--metrics", tmp_path / "metrics.json"))
+    assert code == 0, err
+    clean, _ = ground_all(Grounder(tiny_model, batch_size=2), archive, records)
+    assert read_lines(pred) == clean  # nothing lost, nothing twice
+    assert json.loads((tmp_path / "metrics.json").read_text())["resumed"] == written
+
+
+def test_links_outside_the_archive_folder_are_refused_on_request(tiny_model, tmp_path):
+    import h5py
+
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "outside").mkdir()
+    features = np.maximum(np.random.default_rng(0).standard_normal((30, 1024)), 0).astype(np.float32)
+    with h5py.File(tmp_path / "outside" / "far.h5", "w") as far:
+        far["v"] = features
+    archive = tmp_path / "inside" / "archive.hdf5"
+    with h5py.File(archive, "w") as out:
+        out["near"] = features
+        out["linked"] = h5py.ExternalLink("../outside/far.h5", "v")
+    queries = write_lines(tmp_path / "q.jsonl", [{"video": video, "query": "person sits"} for video in ("near", "linked")])
+    run = ("--model", tiny_model, "--features", archive, "--queries", queries, "--errors", tmp_path / "errors.jsonl")
+
+    code, out, err = finished(cnm_run(*run, "--max-errors", 0))  # followed by default: the same values as near
+    near, linked = map(json.loads, out.splitlines())
+    assert code == 0 and (near["center"], near["width"]) == (linked["center"], linked["width"])
+    code, out, err = finished(cnm_run(*run, "--refuse-outside-links", "--max-errors", 1))
+    assert code == 0 and len(out.splitlines()) == 1
+    (error,) = read_lines(tmp_path / "errors.jsonl")
+    assert (error["line"], error["code"]) == (2, "link_outside_archive") and "'linked'" in error["message"]
