@@ -13,6 +13,7 @@ from cnm_runtime import queries as queries_module
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.errors import ERROR_CODES, InputError
 from cnm_runtime.queries import BOM, MAX_LINE_BYTES, Query, QueryError, count_queries, read_queries
+from test_run import archive, tiny_model  # noqa: F401 (fixtures)
 
 GOOD = b'{"video": "v1", "query": "person opens the door.", "duration": 12.5, "timestamps": [1, 4]}'
 
@@ -238,3 +239,38 @@ def test_mutated_archives_fail_to_open_or_give_arrays_or_input_errors(tmp_path, 
                     assert error.code in ("unknown_video", "unreadable_video") and repr(video) in error.message
                 else:
                     assert isinstance(values, np.ndarray) and (duration is None or isinstance(duration, float))
+
+
+# --- cnm-run end to end ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cnm_run_accounts_for_every_line_of_mutated_files(tiny_model, archive, tmp_path, seed):  # noqa: F811
+    """Mutated queries over a mutated archive, in a thread or in feed processes: no traceback; the archive
+    opens or the run says it cannot (exit 1); else every line is one prediction or one error record, the
+    output is strict JSON and the exit status is 0 under --max-errors."""
+    from test_run import good_records
+    from test_run_cli import cnm_run, finished
+
+    rng = random.Random(seed)
+    lines = [json.dumps(record).encode() for record in good_records(30, seed)]
+    data = b"\n".join(lines[:1] + [mutated_line(rng, line) if rng.random() < 0.5 else line for line in lines[1:]])
+    queries, features = tmp_path / "q.jsonl", tmp_path / "features.hdf5"
+    queries.write_bytes(data + b"\n")
+    features.write_bytes(mutated_file(rng, archive.read_bytes()) if seed else archive.read_bytes())
+    pred, errors = tmp_path / "pred.jsonl", tmp_path / "errors.jsonl"
+    code, _, err = finished(cnm_run("--model", tiny_model, "--features", features, "--queries", queries, "-o", pred,
+                                    "--errors", errors, "--max-errors", 10**6, "--batch-size", 4, "--feeders", seed % 2))
+    assert "Traceback" not in err
+    if code == 1:
+        assert "cannot open feature archive" in err
+        return
+    assert code == 0, err
+
+    def strict(path):
+        return [json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in {path.name}"))
+                for line in path.read_text(encoding="utf-8").splitlines()]
+
+    predicted, failed = strict(pred), strict(errors)
+    assert len(predicted) + len(failed) == len(expected_lines(data + b"\n"))
+    assert len({record["line"] for record in failed}) == len(failed)
+    assert all(record["code"] in ERROR_CODES for record in failed)
