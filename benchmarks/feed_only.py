@@ -29,6 +29,9 @@ class NoModel:
     def default_runs(self) -> int:
         return 1
 
+    def default_feeders(self) -> int:
+        return 0
+
     def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         return np.full(len(batch), 0.5, np.float32), np.full(len(batch), 0.25, np.float32)
 

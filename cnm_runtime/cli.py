@@ -68,9 +68,9 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
 @click.option("--runs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Batches the model runs at once (0: on the CPU, the cores (at most 8) divided by --threads; "
                    "on a GPU, 1).")
-@click.option("--feeders", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Processes that read, resample, tokenize and stack batches (0: a thread of this process). "
-                   "For a model faster than one core can feed: a GPU, or a cheap model on many cores.")
+@click.option("--feeders", type=click.IntRange(min=0), default=None,
+              help="Processes that read, resample, tokenize and stack batches (0: a thread of this process) "
+                   "[default: 0 on the CPU provider; on a GPU, one a core but one].")
 @click.option("--keep-videos", type=click.IntRange(min=1), default=64, show_default=True,
               help="Recent videos kept in memory, so nearby queries of one video share a read.")
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -92,7 +92,7 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
 @click.option("--shard-batches", type=click.IntRange(min=1), default=64, show_default=True,
               help="With --engine ray: batches a shard, the unit of work that a rerun skips when done.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
-         metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, feeders: int,
+         metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, feeders: int | None,
          keep_videos: int, trt_cache: Path | None, refuse_outside_links: bool, resume: bool, max_errors: int,
          engine: str, address: str | None, actors: int, shard_batches: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""

@@ -141,14 +141,16 @@ def _chunks(entries: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
 class Grounder:
     """An exported model in an ONNX Runtime session, ready to ground queries.
 
-    ``feeders``: processes that prepare batches for ``ground`` (0: a thread of this process); ``runs``:
+    ``feeders``: processes that prepare batches for ``ground`` (0: a thread of this process; default: none on
+    the CPU, one a core but one with a GPU); ``runs``:
     batches in the model at once (default: one a core on the CPU, one on a GPU); ``follow_outside_links``:
     False refuses a video whose values lie in a file outside the archive's folder (``link_outside_archive``). ``model`` may also be a
-    ready session (anything with ``spec``, ``provider``, ``frames_dtype``, ``default_runs()`` and ``run``).
+    ready session (anything with ``spec``, ``provider``, ``frames_dtype``, ``default_runs()``,
+    ``default_feeders()`` and ``run``).
     """
 
     def __init__(self, model: str | Path | ModelSession = "model-best.onnx", *, provider: str = "auto",
-                 threads: int | None = None, runs: int | None = None, batch_size: int = 64, feeders: int = 0,
+                 threads: int | None = None, runs: int | None = None, batch_size: int = 64, feeders: int | None = None,
                  keep_videos: int = 64, trt_cache_dir: str | Path | None = None, follow_outside_links: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -158,7 +160,7 @@ class Grounder:
         self.vocabulary = self.spec.vocabulary()
         self.runs = runs or self.session.default_runs()
         self.batch_size = batch_size
-        self.feeders = feeders
+        self.feeders = feeders if feeders is not None else self.session.default_feeders()
         self.keep_videos = keep_videos
         self.follow_outside_links = follow_outside_links
 

@@ -161,6 +161,11 @@ class ModelSession:
         self.frames_dtype = np.dtype(np.float16 if frames_type == "tensor(float16)" else np.float32)
         self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
 
+    def default_feeders(self) -> int:
+        """Feed processes: none on the CPU, where the model keeps every core busy and a thread of this process
+        feeds it; one a core but one (kept for this process) where a GPU runs the model."""
+        return 0 if self.device == "cpu" else max(1, available_cores() - 1)
+
     def default_runs(self) -> int:
         """Batches to run at once: on the CPU, as many as the default threads (one per core, at most 8) hold
         runs of this session's threads; a GPU runs one batch at a time."""

@@ -478,6 +478,9 @@ class NanSession:
     def default_runs(self) -> int:
         return 1
 
+    def default_feeders(self) -> int:
+        return 0
+
     def run(self, batch):
         center, width = self.session.run(batch)
         center[1:2] = np.nan
