@@ -209,6 +209,8 @@ def test_named_provider_that_does_not_start_is_an_error(tiny_model):
         pytest.skip("a GPU provider runs here")
     with pytest.raises(RuntimeError, match="cuda"):
         ModelSession(tiny_model, "cuda", max_batch=4)
+    with pytest.raises(RuntimeError, match="provider 'tensorrt'"):  # its libraries are not on the package index
+        ModelSession(tiny_model, "tensorrt", max_batch=4)
 
 
 def test_a_file_exported_by_cnm_0_1_says_to_export_again(tmp_path):

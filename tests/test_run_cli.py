@@ -241,3 +241,12 @@ def test_links_outside_the_archive_folder_are_refused_on_request(tiny_model, tmp
     assert code == 0 and len(out.splitlines()) == 1
     (error,) = read_lines(tmp_path / "errors.jsonl")
     assert (error["line"], error["code"]) == (2, "link_outside_archive") and "'linked'" in error["message"]
+
+
+def test_tensorrt_asked_for_where_it_cannot_run_is_a_clear_error(tiny_model, archive, tmp_path):
+    queries = write_lines(tmp_path / "q.jsonl", [{"video": "v0", "query": WORDS[0]}])
+    code, out, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", queries,
+                                      "--provider", "tensorrt"))
+    if code == 0:
+        pytest.skip("TensorRT runs here")
+    assert code == 1 and "provider 'tensorrt'" in err and "Traceback" not in err and out == ""
