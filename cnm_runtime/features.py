@@ -90,7 +90,8 @@ def to_clips(features: np.ndarray, num_clips: int, frame_dim: int | None, video:
 def resample_clips(features: np.ndarray, num_clips: int = 200) -> np.ndarray:
     """Clip j is the mean of rows ``[b_j, b_j+1)``, or row ``b_j`` when the two are equal.
 
-    Results match the original's per-clip float32 ``mean`` bit for bit (see ``_mean_clips``).
+    Results match the original's per-clip float32 ``mean`` bit for bit (see ``_mean_clips``), but for the sign
+    of a zero: a clip of one row keeps that row's -0.0, which the original's mean turns into +0.0.
     """
     source, rows = resample_rows(features, num_clips)
     return source[rows]
