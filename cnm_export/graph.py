@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from cnm_train.model import CNM, MultiheadAttention, causal_block, score_bias
 
-CAUSAL_CHUNKS = 4  # more chunks skip more of the square but add small products; 4 leaves 62.5% of it
+CAUSAL_CHUNKS = 4  # more chunks skip more of the square but add more small products; 4 leave 5/8 of it
 
 
 class ChunkedCausalAttention(nn.Module):
