@@ -12,8 +12,11 @@ each run it records:
 - ``steady_queries_per_s`` (Ray): the queries written between the first shard's files and the last's,
   over that time: the rate a long job runs at once the actors are up,
 - ``command_s``: the whole command, Ray's start and stop included,
-- ``cpu_s``: CPU time of the command and every process under it (Ray's daemons and actors), sampled from
-  /proc; CPU time per query barely changes with other load, unlike queries/s,
+- ``cpu_ms_per_query``: CPU time of the command and every process under it (Ray's daemons and actors),
+  sampled from /proc, a query; ``steady_cpu_ms_per_query`` (Ray) the same between the first shard and the
+  last. CPU time per query barely changes with other load on the machine, unlike queries/s: local CPU per
+  query over Ray's (``vs_local_by_cpu``, ``steady_vs_local_by_cpu``) is the ratio of their rates on cores
+  that both have to themselves,
 - the load average before and after.
 """
 from __future__ import annotations
@@ -60,6 +63,7 @@ class TreeCpu:
 
     def __init__(self, root: int, interval: float = 0.2):
         self.root, self.interval, self.seen = root, interval, {}
+        self.samples: list[tuple[float, float]] = []  # (time.time(), CPU seconds of the tree so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -76,7 +80,12 @@ class TreeCpu:
                 if pid in processes:
                     self.seen[pid] = processes[pid][1]
                     pending += children.get(pid, [])
+            self.samples.append((time.time(), sum(self.seen.values())))
             self._stop.wait(self.interval)
+
+    def at(self, moment: float) -> float:
+        """CPU seconds of the tree at the first sample from ``moment`` on."""
+        return next((cpu for sampled, cpu in self.samples if sampled >= moment), self.samples[-1][1])
 
     def stop(self) -> float:
         self._stop.set()
@@ -88,29 +97,29 @@ def _load() -> list[float]:
     return [float(part) for part in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def run_once(args: list[str], metrics: Path) -> dict:
+def run_once(args: list[str], out: Path, metrics: Path) -> dict:
+    """One cnm-run command; with --engine ray, also its rate and CPU per query between the first shard
+    written and the last."""
     load_before = _load()
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "cnm_runtime", *args, "--metrics", str(metrics)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "cnm_runtime", *args, "-o", str(out), "--metrics",
+                                str(metrics)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cpu = TreeCpu(process.pid)
     _, err = process.communicate()
     cpu_s = cpu.stop()
     if process.returncode != 0:
         raise RuntimeError(f"cnm-run {' '.join(args)} failed:\n{err}")
     result = json.loads(metrics.read_text())
-    return {"queries_per_s": result["queries_per_s"], "wall_s": result["wall_s"],
-            "command_s": round(time.perf_counter() - started, 2), "cpu_s": round(cpu_s, 2),
-            "cpu_ms_per_query": round(1000 * cpu_s / result["queries"], 3),
-            "load_before": load_before, "load_after": _load()}
-
-
-def steady_rate(out: Path) -> float | None:
-    """Queries a second between the first shard's predictions file and the last's."""
+    run = {"queries_per_s": result["queries_per_s"], "wall_s": result["wall_s"],
+           "command_s": round(time.perf_counter() - started, 2), "cpu_s": round(cpu_s, 2),
+           "cpu_ms_per_query": round(1000 * cpu_s / result["queries"], 3)}
     shards = sorted((path.stat().st_mtime, path.read_bytes().count(b"\n")) for path in out.glob("predictions-*.jsonl"))
-    if len(shards) < 2 or shards[-1][0] == shards[0][0]:
-        return None
-    return round(sum(count for _, count in shards[1:]) / (shards[-1][0] - shards[0][0]), 1)
+    if len(shards) > 2:
+        (first, _), (last, _) = shards[0], shards[-1]
+        queries = sum(count for _, count in shards[1:])
+        run["steady_queries_per_s"] = round(queries / (last - first), 1)
+        run["steady_cpu_ms_per_query"] = round(1000 * (cpu.at(last) - cpu.at(first)) / queries, 3)
+    return {**run, "load_before": load_before, "load_after": _load()}
 
 
 def _median(runs: list[dict], key: str) -> float | None:
@@ -138,24 +147,21 @@ def main(model: Path, videos: int, queries_per_video: int, batch_size: int, shar
                   "--batch-size", str(batch_size)]
         for round_ in range(rounds):
             for engine, runs in engines.items():
-                out = folder / f"{engine}-{round_}"
-                if engine == "local":
-                    args = [*common, "-o", str(out)]
-                else:
-                    args = [*common, "--engine", "ray", "--actors", engine.split("-")[1], "--shard-batches",
-                            str(shard_batches), "-o", str(out)]
-                run = run_once(args, folder / f"metrics-{engine}-{round_}.json")
-                if engine != "local":
-                    run["steady_queries_per_s"] = steady_rate(out)
+                args = common if engine == "local" else [
+                    *common, "--engine", "ray", "--actors", engine.split("-")[1], "--shard-batches", str(shard_batches)]
+                run = run_once(args, folder / f"{engine}-{round_}", folder / f"metrics-{engine}-{round_}.json")
                 runs.append(run)
                 print(json.dumps({"engine": engine, "round": round_, **run}), file=sys.stderr, flush=True)
     local_qps, local_cpu = _median(engines["local"], "queries_per_s"), _median(engines["local"], "cpu_ms_per_query")
     summary = {}
     for engine, runs in engines.items():
         summary[engine] = {key: _median(runs, key) for key in ("queries_per_s", "steady_queries_per_s", "command_s",
-                                                               "cpu_ms_per_query")}
+                                                               "cpu_ms_per_query", "steady_cpu_ms_per_query")}
         summary[engine]["vs_local_queries_per_s"] = round(summary[engine]["queries_per_s"] / local_qps, 3)
-        summary[engine]["local_cpu_ms_over_this"] = round(local_cpu / summary[engine]["cpu_ms_per_query"], 3)
+        # what the rate would be against the local run's where both had the cores to themselves
+        summary[engine]["vs_local_by_cpu"] = round(local_cpu / summary[engine]["cpu_ms_per_query"], 3)
+        if summary[engine]["steady_cpu_ms_per_query"]:
+            summary[engine]["steady_vs_local_by_cpu"] = round(local_cpu / summary[engine]["steady_cpu_ms_per_query"], 3)
     machine = f"{cpu_model()}, {available_cores()} cores"
     result = {
         "machine": machine, "date": datetime.date.today().isoformat(), "model": model.name,

@@ -54,7 +54,7 @@ class RayOptions:
     provider: str = "auto"
     batch_size: int = 64
     keep_videos: int = 64  # recent videos each actor keeps, so nearby queries of one video share a read
-    trt_cache: str | None = None  # TensorRT engine cache: a folder local to each node (default ~/.cache/cnm)
+    trt_cache: str | None = None  # TensorRT engines: a folder on each node (default ~/.cache/cnm/tensorrt)
 
 
 class ShardGrounder:
