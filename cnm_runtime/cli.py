@@ -85,8 +85,8 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: on Ray Data actors (pip install 'cnm[ray]'), into -o FOLDER, one file per shard; "
                    "the same command again finishes a run that stopped.")
-@click.option("--address", default=None, help="With --engine ray: 'auto' or ray://HOST:PORT joins a cluster "
-                                              "(default: Ray on this machine).")
+@click.option("--address", default=None, help="With --engine ray: 'auto' joins the cluster of this node (run "
+                                              "on a node, or by ray job submit); default: Ray on this machine.")
 @click.option("--actors", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --engine ray: actors, each one model session (0: one a GPU, else one per --threads CPUs).")
 @click.option("--shard-batches", type=click.IntRange(min=1), default=64, show_default=True,

@@ -40,7 +40,7 @@ class RayJob:
     features: Path
     queries: Path
     out: Path  # the folder of shard files
-    address: str | None  # None: start Ray on this machine; "auto" or "ray://HOST:PORT": join a cluster
+    address: str | None  # None: start Ray on this machine; "auto" (or the GCS's HOST:PORT): join a cluster
     options: RayOptions
     shard_batches: int = 64  # a shard is this many batches, so that its batches are the local run's
     metrics: Path | None = None  # a copy of OUT/metrics.json
@@ -131,6 +131,10 @@ def run_from_cli(job: RayJob, ignored: dict[str, object]) -> None:
     """cnm-run's ``--engine ray``: ``run`` with its logs, metrics and exit status."""
     if str(job.out) == "-":
         raise click.UsageError("--engine ray needs -o FOLDER: each shard's predictions and errors go there")
+    if job.address and job.address.startswith("ray://"):
+        raise click.UsageError("Ray Data does not run through Ray Client (ray://): run cnm-run on a node of the "
+                               "cluster with --address auto, e.g. ray job submit --address http://HEAD:8265 -- "
+                               "cnm-run --engine ray --address auto ...")
     given = [name for name, value in ignored.items() if value]
     if given:
         raise click.UsageError(f"--engine ray writes errors to -o FOLDER and resumes by itself; drop {', '.join(given)}")

@@ -82,6 +82,18 @@ def test_a_shard_is_complete_once_its_predictions_are_renamed(tmp_path):
         files.start({"queries_sha256": "abc", "shard_size": 16, "shards": 2})
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--address", "ray://head:10001", "-o", "out"), "Ray Data does not run through Ray Client"),
+    ((), "--engine ray needs -o FOLDER"),
+    (("--errors", "e.jsonl", "-o", "out"), "drop --errors"),
+])
+def test_what_the_ray_engine_cannot_do_is_a_usage_error(archive, tmp_path, args, message):
+    queries = write_lines(tmp_path / "q.jsonl", good_records(2))
+    code, _, err = finished(cnm_run("--engine", "ray", "--features", archive, "--queries", queries, *args,
+                                    cwd=tmp_path))
+    assert code == 2 and message in err and not (tmp_path / "out").exists()
+
+
 # --- on Ray ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
