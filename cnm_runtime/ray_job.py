@@ -113,7 +113,7 @@ def _resumed(files: ShardFiles, shard: int, tally: RunTally) -> bool:
     for record in predictions:
         tally.add_prediction(record, resumed=True)
     for record in errors:
-        tally.add_error(QueryError(**record))
+        tally.add_error(QueryError(**record), resumed=True)
     return True
 
 

@@ -19,6 +19,7 @@ class RunTally:
     def __init__(self) -> None:
         self.predicted = 0
         self.resumed = 0  # predictions of an earlier run, read back by --resume
+        self.resumed_errors = 0  # error records of an earlier run (the Ray engine keeps a finished shard's)
         self.errors: Counter[str] = Counter()
         self.dropped_tokens = 0
         self.truncated_queries = 0
@@ -32,8 +33,9 @@ class RunTally:
         if record.get("iou") is not None:
             self._ious.append(record["iou"])
 
-    def add_error(self, error: QueryError) -> None:
+    def add_error(self, error: QueryError, resumed: bool = False) -> None:
         self.errors[error.code] += 1
+        self.resumed_errors += resumed
 
     @property
     def error_count(self) -> int:
@@ -41,7 +43,7 @@ class RunTally:
 
     def metrics(self, provider: str, wall_s: float) -> dict[str, Any]:
         """IoU@t and mIoU over the queries with ground truth, then the counts and the speed of this run."""
-        processed = self.predicted - self.resumed + self.error_count
+        processed = self.predicted - self.resumed + self.error_count - self.resumed_errors
         return {
             **grounding_metrics(np.frombuffer(self._ious, dtype=np.float64)),
             "queries": self.predicted + self.error_count,

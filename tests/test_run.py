@@ -445,6 +445,9 @@ def test_tally_counts_and_metrics():
     assert (metrics["queries"], metrics["predicted"], metrics["with_ground_truth"], metrics["errors"]) == (4, 3, 2, 1)
     assert (metrics["dropped_tokens"], metrics["truncated_queries"], metrics["resumed"]) == (2, 1, 1)
     assert metrics["errors_by_code"] == {"unknown_video": 1} and metrics["queries_per_s"] == 1.5
+    tally.add_error(QueryError(5, 6, "empty_query", "x"), resumed=True)  # an earlier run's: counted, not timed
+    metrics = tally.metrics("CPUExecutionProvider", wall_s=2.0)
+    assert (metrics["errors"], metrics["queries_per_s"]) == (2, 1.5)
 
 
 # --- one qid, one result; only finite outputs --------------------------------------------------------
