@@ -70,9 +70,9 @@ class FeatureArchive:
     def _lookup(self, video: str) -> tuple[h5py.h5d.DatasetID, h5py.h5o.ObjectID]:
         """``(features dataset, the video's own node)`` as h5py's low-level ids.
 
-        The usual layout, a dataset per video at the top level, is opened by the low-level API directly:
-        half the cost per video of h5py's high-level objects, which cnm-run pays once per video (8% more
-        queries/s end to end on the demo's archive). A group (the C3D layout) takes the high-level way.
+        The usual layout, a dataset per video at the top level, is opened by the low-level API directly,
+        which skips the high-level objects that cnm-run would otherwise build once per video. A group (the
+        C3D layout) and links take the high-level way.
         """
         if "\x00" in video:  # HDF5 would look up the name up to the NUL: another video
             raise InputError("unknown_video", f"video {video!r}: a name with a NUL character is in no archive")
@@ -138,8 +138,8 @@ class FeatureArchive:
         """Fill ``values`` from the dataset's bytes in this file where they provably are its values; False
         where HDF5 must read it.
 
-        A contiguous dataset of numbers, the usual way archives are written, is read straight: half the
-        time of HDF5's read for a video of the demo's archive. That needs the dataset to live in this file
+        A contiguous dataset of numbers, the usual way archives are written, is read straight, without
+        HDF5's type conversion machinery. That needs the dataset to live in this file
         (not behind an external link: ``get_offset`` is then an offset in the other file), its storage to be
         one contiguous piece here (not chunked, hence unfiltered, nor virtual, nor in external raw files),
         and its stored type to be the very type of ``values`` (byte order included).
@@ -230,8 +230,9 @@ def _virtual_source_file(name: str, holder: str) -> str | None:
 
 def _duration_of(*holders: h5py.h5o.ObjectID) -> float | None:
     """The ``duration`` attribute of the first of ``holders`` that has one (the video's node, then its
-    features dataset), converted to float64 by HDF5 (asking h5py for its stored type cost half the time;
-    a duration that is not a number fails here, and its video is reported unreadable)."""
+    features dataset), converted to float64 by HDF5 rather than read in its stored type, which h5py would
+    first have to work out (a duration that is not a number fails here, and its video is reported
+    unreadable)."""
     for holder in holders:
         if h5py.h5a.exists(holder, b"duration"):
             attribute = h5py.h5a.open(holder, b"duration")
