@@ -30,7 +30,7 @@ from cnm_runtime.batch import Batch, build_batch
 from cnm_runtime.errors import InputError
 from cnm_runtime.features import Clips
 from cnm_runtime.model_spec import ModelSpec
-from cnm_runtime.queries import Query, QueryError, QueryLine, parse, qid_key
+from cnm_runtime.queries import QidKey, Query, QueryError, QueryLine, parse, qid_key
 from cnm_runtime.text import EncodedQuery
 from cnm_runtime.videos import RecentVideos
 
@@ -77,7 +77,7 @@ class Prepared:
 class BatchMaker:
     """Prepares chunks against one archive handle; each process that prepares chunks makes its own."""
 
-    def __init__(self, archive: str | Path, spec: ModelSpec, keep_videos: int, done: Collection[str] = (),
+    def __init__(self, archive: str | Path, spec: ModelSpec, keep_videos: int, done: Collection[QidKey] = (),
                  follow_outside_links: bool = True):
         self.spec = spec
         self.vocabulary = spec.vocabulary()
@@ -159,7 +159,7 @@ _maker: BatchMaker | None = None
 _slots: np.ndarray | None = None
 
 
-def _start_feed_process(archive: str, spec: ModelSpec, keep_videos: int, done: frozenset[str],
+def _start_feed_process(archive: str, spec: ModelSpec, keep_videos: int, done: frozenset[QidKey],
                         follow_outside_links: bool, slots_path: str, slots_shape: tuple[int, ...], dtype: str) -> None:
     global _maker, _slots
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process ends us
@@ -183,7 +183,7 @@ class Feed:
     """
 
     def __init__(self, archive: str | Path, spec: ModelSpec, frames_dtype: np.dtype, batch_size: int,
-                 processes: int, runs: int, keep_videos: int, done: Collection[str] = (),
+                 processes: int, runs: int, keep_videos: int, done: Collection[QidKey] = (),
                  follow_outside_links: bool = True):
         self.ahead = 2 * max(processes, 1)
         shape = (batch_size, spec.max_num_frames, spec.frame_dim)

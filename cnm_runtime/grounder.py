@@ -34,7 +34,7 @@ from cnm_runtime.batch import build_batch
 from cnm_runtime.errors import InputError
 from cnm_runtime.feed import Done, Entry, Feed, Outcome, Prepared, PreparedQuery
 from cnm_runtime.features import Clips, to_clips
-from cnm_runtime.queries import Query, QueryError, as_lines, qid_key
+from cnm_runtime.queries import QidKey, Query, QueryError, as_lines, qid_key
 from cnm_runtime.session import ModelSession
 from cnm_runtime.spans import spans_from_gaussian, temporal_iou
 
@@ -111,7 +111,7 @@ def _ious(prepared: Sequence[PreparedQuery], spans: np.ndarray) -> list[float | 
     return ious
 
 
-def chunk_results(outcomes: Sequence[Outcome], outputs: tuple[np.ndarray, np.ndarray] | None, claimed: set[str]
+def chunk_results(outcomes: Sequence[Outcome], outputs: tuple[np.ndarray, np.ndarray] | None, claimed: set[QidKey]
                   ) -> Iterator[Prediction | QueryError]:
     """A chunk's results in input order, from its outcomes and the model's ``(center, width)`` for its batch.
 
@@ -199,7 +199,7 @@ class Grounder:
         """
         chunks = _chunks(as_lines(queries), self.batch_size)
         done = {qid_key(qid) for qid in skip_qids}
-        claimed: set[str] = set()
+        claimed: set[QidKey] = set()
         feed = Feed(archive, self.spec, self.session.frames_dtype, self.batch_size, self.feeders, self.runs,
                     self.keep_videos, done, self.follow_outside_links)
         model = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model")
@@ -225,7 +225,7 @@ class Grounder:
             feed.close()
 
     @staticmethod
-    def _results(prepared: Prepared, run: Future | None, feed: Feed, claimed: set[str]
+    def _results(prepared: Prepared, run: Future | None, feed: Feed, claimed: set[QidKey]
                  ) -> Iterator[Prediction | QueryError]:
         try:
             outputs = run.result() if run is not None else None

@@ -61,9 +61,12 @@ class QueryError:
         return {"qid": self.qid, "line": self.line, "code": self.code, "message": self.message}
 
 
-def qid_key(qid: str | int | None) -> str:
+QidKey = tuple[bool, "str | int | None"]
+
+
+def qid_key(qid: str | int | None) -> QidKey:
     """A hashable key that tells ``1`` from ``"1"``, the same for a qid read back from the output."""
-    return json.dumps(qid)
+    return isinstance(qid, str), qid
 
 
 def _number(value: Any) -> bool:

@@ -36,6 +36,9 @@ def read_back(path: str | Path) -> Iterator[dict[str, Any]]:
         handle.truncate(complete_bytes)
 
 
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)  # made once: json.dumps builds one a call for any option
+
+
 class JsonLines:
     """Writes one JSON record per line, flushed as it is written; ``None`` or ``-`` means standard output."""
 
@@ -55,7 +58,7 @@ class JsonLines:
 
     def write(self, record: dict[str, Any]) -> None:
         # one write: a line is either whole or cut off last; strict JSON (no NaN) or ValueError
-        self._handle.write(json.dumps(record, allow_nan=False) + "\n")
+        self._handle.write(_STRICT_JSON.encode(record) + "\n")
         self._handle.flush()
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
-from cnm_runtime.queries import Query, QueryError, QueryLine, parse, qid_key, read_lines
+from cnm_runtime.queries import QidKey, Query, QueryError, QueryLine, parse, qid_key, read_lines
 
 Parsed = Union[Query, QueryError]
 
@@ -26,7 +26,7 @@ Parsed = Union[Query, QueryError]
 class Shard:
     index: int  # 0-based, in file order
     entries: tuple[Parsed, ...]  # consecutive entries of the queries file, parsed
-    claimed: frozenset[str]  # qid keys (``qid_key``) of entries here that an earlier shard's entry had too
+    claimed: frozenset[QidKey]  # qid keys (``qid_key``) of entries here that an earlier shard's entry had too
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -36,10 +36,10 @@ def plan_shards(path: str | Path, shard_size: int) -> Iterator[Shard]:
     """The shards of the queries file ``path``, in order; memory holds one shard and the set of qids seen."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    seen: set[str] = set()  # qid keys of the shards before the current one
+    seen: set[QidKey] = set()  # qid keys of the shards before the current one
     entries: list[Parsed] = []
-    keys: set[str] = set()  # qid keys of the current shard
-    claimed: set[str] = set()
+    keys: set[QidKey] = set()  # qid keys of the current shard
+    claimed: set[QidKey] = set()
     index = 0
     for item in read_lines(path):
         entry = parse(item) if isinstance(item, QueryLine) else item

@@ -65,7 +65,7 @@ def test_shards_carry_the_qids_that_earlier_shards_claimed(tmp_path):
                                                  for qid in ("a", "b", "c", "a", 1, "1", "b", 1, "x", "x")])
     shards = list(plan_shards(queries, 3))
     assert [[entry.line for entry in shard.entries] for shard in shards] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
-    assert [set(shard.claimed) for shard in shards] == [set(), {'"a"'}, {'"b"', "1"}, {'"x"'}]
+    assert [set(shard.claimed) for shard in shards] == [set(), {(True, "a")}, {(True, "b"), (False, 1)}, {(True, "x")}]
 
 
 def test_a_shard_is_complete_once_its_predictions_are_renamed(tmp_path):
