@@ -36,6 +36,7 @@ import click
 
 from benchmarks.cnm_run_scale import make_archive
 from benchmarks.machine import cpu_model, slug
+from cnm_runtime.report import markdown_table
 from cnm_runtime.cores import available_cores
 from cnm_runtime.session import ModelSession
 
@@ -125,6 +126,29 @@ def run_once(args: list[str], out: Path, metrics: Path) -> dict:
 def _median(runs: list[dict], key: str) -> float | None:
     values = [run[key] for run in runs if run.get(key) is not None]
     return round(statistics.median(values), 3) if values else None
+
+
+def markdown(results: dict) -> str:
+    """The run as the table benchmarks/README.md shows."""
+    def cell(value: float | None, suffix: str = "") -> str:
+        return "-" if value is None else f"{value:,.2f}{suffix}"
+
+    rows = [[engine, cell(figures["queries_per_s"]), cell(figures["steady_queries_per_s"]),
+             cell(figures["cpu_ms_per_query"]), cell(figures["steady_cpu_ms_per_query"]),
+             cell(figures["vs_local_queries_per_s"], "x"), cell(figures.get("steady_vs_local_by_cpu"), "x")]
+            for engine, figures in results["summary_medians"].items()]
+    loads = [run["load_before"][0] for runs in results["runs"].values() for run in runs]
+    return "\n".join([
+        f"## Ray Data against the local cnm-run: {results['machine']} ({results['date']})", "",
+        f"`python -m benchmarks.ray_scaling --model {results['model']}`: {results['queries']:,} queries over "
+        f"{results['videos']:,} videos ({results['features']}), batch {results['batch_size']}, shards of "
+        f"{results['shard_size']}, {results['provider']} provider, medians of {results['rounds']} rounds; load "
+        f"average {min(loads):.1f}-{max(loads):.1f} (other work on the machine).", "",
+        *markdown_table(["engine", "queries/s", "steady queries/s", "CPU ms/query", "steady CPU ms/query",
+                         "vs local (queries/s)", "steady vs local (by CPU)"], rows, "lrrrrrr"),
+        "", "Steady: between the first shard's files and the last's, Ray's start and the planning left out. "
+        "By CPU: the local run's CPU per query over this engine's, the ratio of their rates on cores that "
+        "both have to themselves."])
 
 
 @click.command()

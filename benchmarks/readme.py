@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,12 +87,12 @@ def render(benchmark: Benchmark, results: dict[str, Any]) -> str:
 
 def benchmarks_readme() -> str:
     parts = [INTRO]
-    for benchmark in BENCHMARKS_SHOWN:
+    for benchmark in BENCHMARKS_SHOWN:  # each run's headings one level below the benchmark's
         found = runs(RESULTS / benchmark.folder)
         if not found:
             continue
         parts += [f"## {benchmark.title}", benchmark.about]
-        parts += [render(benchmark, results).replace("\n## ", "\n### ", 1).rstrip() for results in found]
+        parts += [re.sub(r"^#", "##", render(benchmark, results).rstrip(), flags=re.M) for results in found]
     return "\n\n".join(parts) + "\n"
 
 

@@ -35,7 +35,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"(PyTorch with OMP_WAIT_POLICY={settings['torch_omp_wait_policy']}; \"side by side\": "
         f"{settings['threads']} batches at once on one thread each, as cnm-run runs on the CPU); "
         f"measured fp32 matrix-multiply rate {_number(machine['sgemm_gflops'])} GFLOP/s (numpy, "
-        f"{machine['sgemm_size']}^3).",
+        f"{machine['sgemm_size']}^3)" + (
+            f"; load average {_number(load[0], 2)} before, {_number(load[1], 2)} after (other work then)."
+            if (load := machine.get("load_average_before_after")) else "."),
     ]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import shlex
 import statistics
@@ -310,6 +311,7 @@ def start_workers(to_run: list[Engine], inputs: Inputs, models: Models, batch_pa
 
 def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -> dict[str, Any]:
     started = datetime.now().astimezone()
+    load_before = os.getloadavg()[0]
     gpu = gpu_name()
     to_run = [engine for engine in ENGINES if gpu or not engine.needs_gpu]
     log.info("exporting %s", inputs.checkpoint)
@@ -341,6 +343,7 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
                                     measured, outputs, prepared.truth)
         for engine in ENGINES
     }
+    load_after = os.getloadavg()[0]  # other work on the machine slows every engine alike, not evenly
     end_to_end = end_to_end_results(measured, engines, settings)
     if gpu and end_to_end is not None:
         gpu_queries = write_repeated(prepared.queries, GPU_E2E_QUERIES if not settings.quick else settings.e2e_queries,
@@ -350,7 +353,7 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
     return {
         "command": command,
         "date": started.isoformat(timespec="seconds"),
-        "machine": machine,
+        "machine": {**machine, "load_average_before_after": [load_before, load_after]},
         "settings": {**asdict(settings), "reference_batch": settings.reference_batch, "min_batches": MIN_BATCHES,
                      "torch_omp_wait_policy": TORCH_OMP_WAIT_POLICY},
         "inputs": {
