@@ -4,9 +4,11 @@ One seed beating the prior says little about the next: the sweep runs ``cnm-demo
 data and the training both drawn from S) as a user types it, one process per seed, and reports the test
 split's mIoU and IoU@0.5 of the prior (the mean training span) and of the trained CNM, the epoch that
 validation selected, and the seconds each seed took (wall clock and CPU, the demo's own processes only;
-the load average beside them says how busy the machine was). The features are synthetic (``cnm-synth``).
+the load average and the matrix-multiply rate measured before the seeds say how fast and how busy the
+machine was). The features are synthetic (``cnm-synth``).
 
-Results go to ``<out-dir>/<machine>-<date>.json`` and ``.md``; each seed's demo folder stays in ``--work``.
+Results go to ``<out-dir>/<machine>-<date>.json`` and ``.md``; each seed's demo folder stays in ``--work``
+without its synthetic data (``cnm-demo --seed S`` makes the same again).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -23,7 +26,7 @@ from typing import Any
 
 import click
 
-from benchmarks.machine import cpu_model, slug
+from benchmarks.machine import SGEMM_SIZE, cpu_model, sgemm_gflops, slug
 from cnm_runtime.cores import available_cores
 from cnm_runtime.report import markdown_table
 from cnm_runtime.result_files import write_json_atomic
@@ -53,6 +56,7 @@ def run_seed(seed: int, work: Path) -> dict[str, Any]:
     wall_s, cpu_s = time.perf_counter() - started, children_cpu_s() - cpu_before
     demo = json.loads((out / "demo.json").read_text())
     training = json.loads((out / "metrics.json").read_text())
+    shutil.rmtree(out / "data")
     prior = {m: demo["pytorch"]["prior"][m] for m in METRICS}
     cnm = {m: demo["pytorch"]["test"][m] for m in METRICS}
     return {
@@ -107,8 +111,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"{first['epochs']} epochs, the model selected by {first['selected_by']}; test split of "
         f"{first['test_queries']} queries, synthetic features (cnm-synth). \"beats\": CNM's mIoU at least the "
         f"prior's + {MIN_MIOU_GAIN} and its IoU@0.5 at least the prior's. Seconds: the whole demo (data, "
-        f"training, export, both engines), wall clock and CPU; load average at the start "
-        f"{results['load_average_before']} (the machine was shared).",
+        f"training, export, both engines), wall clock and CPU; before the seeds the load average was "
+        f"{results['load_average_before']} and numpy multiplied {machine['sgemm_size']}^3 matrices at "
+        f"{machine['sgemm_gflops']:,.1f} GFLOP/s (a busier or slower machine takes longer).",
         "",
         *markdown_table(["seed", "prior mIoU", "CNM mIoU", "prior IoU@0.5", "CNM IoU@0.5", "beats",
                          "selected epoch", "wall s", "CPU s"], rows, "lrrrrlrrr"),
@@ -149,12 +154,14 @@ def main(seeds: str, work: Path, out_dir: Path) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     started = datetime.now().astimezone()
     load_before = round(os.getloadavg()[0], 2)
+    machine = {"cpu": cpu_model(), "cores": available_cores(), "sgemm_gflops": round(sgemm_gflops(), 1),
+               "sgemm_size": SGEMM_SIZE, "python": sys.version.split()[0],
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     per_seed = [run_seed(seed, work) for seed in parse_seeds(seeds)]
     results = {
         "command": " ".join(["python -m benchmarks.seed_sweep", *sys.argv[1:]]),
         "date": started.isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu_model(), "cores": available_cores(), "python": sys.version.split()[0],
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+        "machine": machine,
         "features": "synthetic (cnm-synth), the built-in default dataset",
         "load_average_before": load_before,
         "seeds": per_seed,

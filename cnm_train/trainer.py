@@ -117,6 +117,11 @@ def tagged_copy(config: dict[str, Any], tag: str) -> dict[str, Any]:
     return config
 
 
+def epoch_checkpoint(out: Path, epoch: int) -> Path:
+    """The checkpoint of ``epoch`` in ``out``, named as the original runner names it."""
+    return out / f"model-{epoch}.pt"
+
+
 def state_path(checkpoint: Path) -> Path:
     """``model-3.pt`` -> ``model-3.state.pt``."""
     return checkpoint.with_suffix(".state.pt")
@@ -253,7 +258,7 @@ def fit(config: dict[str, Any], options: RunOptions, resume: Path | None = None)
     for epoch in range(state.next_epoch, num_epochs):
         log.info("start epoch %d", epoch)
         stats = train_epoch(model, train_loader, optimizers, config["loss"], state, epoch, options.seed, device)
-        path = out / f"model-{epoch}.pt"
+        path = epoch_checkpoint(out, epoch)
         save_checkpoint(path, model, config, state.num_updates)
         record = {"epoch": epoch, "num_updates": state.num_updates, **stats}
         record.update({name: evaluate(model, loader, device) for name, loader in eval_loaders.items()})

@@ -1,4 +1,4 @@
-"""cnm-demo end to end at tiny sizes: every file is left behind and ONNX Runtime agrees with PyTorch."""
+"""cnm-demo end to end at tiny sizes: it leaves what it lists, no more, and ONNX Runtime agrees with PyTorch."""
 from __future__ import annotations
 
 import json
@@ -7,14 +7,18 @@ import pytest
 
 pytest.importorskip("torch")
 
-from cnm_export.demo import run_demo  # noqa: E402
+from cnm_export.demo import left_behind, run_demo  # noqa: E402
+
+
+LEFT_BEHIND = ["data/", "demo.json", "errors.jsonl", "eval-model-best.json", "metrics-onnx.json", "metrics.json",
+               "model-best.onnx", "model-best.pt", "predictions.jsonl", "report.md"]
 
 
 def test_tiny_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
-    summary = run_demo(out, seed=1, epochs=1, num_videos=12, hidden_size=16)
-    for name in ("model-best.pt", "model-best.onnx", "predictions.jsonl", "metrics-onnx.json", "metrics.json",
-                 "report.md", "demo.json", "data/features.hdf5", "data/queries.jsonl", "data/glove.pkl"):
+    summary = run_demo(out, seed=1, epochs=2, num_videos=12, hidden_size=16)
+    assert left_behind(out) == LEFT_BEHIND  # the per-epoch checkpoints are gone
+    for name in ("data/features.hdf5", "data/queries.jsonl", "data/glove.pkl"):
         assert (out / name).is_file(), name
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     queries = (out / "data" / "queries.jsonl").read_text().splitlines()
@@ -24,3 +28,5 @@ def test_tiny_demo_end_to_end(tmp_path):
         assert summary["onnx"][metric] == pytest.approx(summary["pytorch"]["test"][metric], abs=1e-6), metric
     report = (out / "report.md").read_text()
     assert "prior" in report and "PyTorch" in report and "ONNX Runtime" in report
+    assert report.startswith("Seed 1 ") and summary["seed"] == 1
+    assert "queries/s" not in report and "python -m benchmarks.run" in report
