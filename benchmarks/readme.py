@@ -1,5 +1,5 @@
-"""``python -m benchmarks.readme``: benchmarks/README.md, and the results table of the top README, written
-from the results JSON under benchmarks/results/ (never retyped by hand).
+"""``python -m benchmarks.readme``: benchmarks/README.md, and the results table and the worst seed's line of
+the top README, written from the results JSON under benchmarks/results/ (never retyped by hand).
 
 Each folder of results is one benchmark; every JSON file in it is one run, shown newest first with the
 command that made it and the machine it ran on, through the markdown renderer of the module that wrote it.
@@ -20,6 +20,7 @@ BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results"
 TOP_README = BENCHMARKS.parent / "README.md"
 MARKERS = ("<!-- results: python -m benchmarks.readme writes this table -->", "<!-- end of results -->")
+SEED_MARKERS = ("<!-- seeds: python -m benchmarks.readme writes this line -->", "<!-- end of seeds -->")
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,40 @@ def results_table() -> list[str]:
     return markdown_table(["engine", "batch", "machine", "queries/s (median)"], rows, "lrlr")
 
 
+def worst_seed() -> list[str]:
+    """The top README's line under the demo's output: the newest seed sweep's worst seed, not its best."""
+    found = runs(RESULTS / "seed-sweep")
+    if not found:
+        return ["No seed sweep has run yet (`python -m benchmarks.seed_sweep`)."]
+    results = found[0]
+    summary, worst = results["summary"], results["summary"]["worst"]
+    seeds = ", ".join(str(run["seed"]) for run in results["seeds"])
+    return [
+        f"Over seeds {seeds} (`python -m benchmarks.seed_sweep`, {results['machine']['cores']} cores) the worst "
+        f"seed, {summary['worst_seed']}, scores mIoU {worst['cnm']['mIoU']:.3f} against the prior's "
+        f"{worst['prior']['mIoU']:.3f} and IoU@0.5 {worst['cnm']['IoU@0.5']:.3f} against "
+        f"{worst['prior']['IoU@0.5']:.3f}; the slowest demo took {summary['max_wall_s']:.0f} s."
+    ]
+
+
+def generated_blocks() -> list[tuple[tuple[str, str], list[str]]]:
+    """Each block of the top README that this module writes: its markers and its lines."""
+    return [(MARKERS, results_table()), (SEED_MARKERS, worst_seed())]
+
+
+def with_block(text: str, markers: tuple[str, str], lines: list[str]) -> str:
+    """``text`` with what lies between ``markers`` replaced by ``lines``."""
+    head, rest = text.split(markers[0], 1)
+    _, tail = rest.split(markers[1], 1)
+    return head + markers[0] + "\n" + "\n".join(lines) + "\n" + markers[1] + tail
+
+
 def main() -> None:
     (BENCHMARKS / "README.md").write_text(benchmarks_readme())
     text = TOP_README.read_text()
-    head, rest = text.split(MARKERS[0], 1)
-    _, tail = rest.split(MARKERS[1], 1)
-    TOP_README.write_text(head + MARKERS[0] + "\n" + "\n".join(results_table()) + "\n" + MARKERS[1] + tail)
+    for markers, lines in generated_blocks():
+        text = with_block(text, markers, lines)
+    TOP_README.write_text(text)
 
 
 if __name__ == "__main__":
