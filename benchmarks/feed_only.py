@@ -3,11 +3,18 @@ model replaced by a no-op, in a thread (0) or in 1, 2, ... feed processes.
 
 This is the rate a model faster than the feed would see (a GPU): cnm-run cannot ground faster end to end.
 The clock starts at the first result, so the feed processes' start-up (reported beside it) is left out.
+
+``measure_feed_only`` runs it in a process of its own (``python -m benchmarks.feed_only``), as light as
+cnm-run's: feed processes import their parent's main module again, and a main module that has imported
+torch (as the benchmark's has) slows every feed process down.
 """
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +62,20 @@ def feed_only(model: Path, archive: Path, queries: Path, batch_size: int, proces
     first = time.perf_counter()
     count = 1 + sum(1 for _ in results)
     return FeedRun(count / (time.perf_counter() - first), first - started, count)
+
+
+def measure_feed_only(model: Path, archive: Path, queries: Path, batch_size: int, processes: int,
+                      keep_videos: int = 64) -> FeedRun:
+    """``feed_only`` in a fresh ``python -m benchmarks.feed_only`` process; RuntimeError if it fails."""
+    command = [sys.executable, "-m", "benchmarks.feed_only", str(model), str(archive), str(queries),
+               str(batch_size), str(processes), str(keep_videos)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with status {done.returncode}: {done.stderr[-2000:]}")
+    return FeedRun(**json.loads(done.stdout))
+
+
+if __name__ == "__main__":
+    model_path, archive_path, queries_path, batch, feed_processes, keep = sys.argv[1:7]
+    run = feed_only(Path(model_path), Path(archive_path), Path(queries_path), int(batch), int(feed_processes), int(keep))
+    print(json.dumps(asdict(run)))

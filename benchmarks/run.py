@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.end_to_end import EndToEnd, run_cnm_run
-from benchmarks.feed_only import FeedRun, feed_only
+from benchmarks.feed_only import FeedRun, measure_feed_only
 from benchmarks.engines import BY_NAME, ENGINES, REFERENCE, TORCH_OMP_WAIT_POLICY, Engine, worker_env
 from benchmarks.inputs import prepare_queries, synthetic_archive, write_repeated
 from benchmarks.machine import SGEMM_SIZE, cpu_model, gpu_name, sgemm_gflops, slug
@@ -332,8 +332,8 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
             workers, settings,
             lambda: run_cnm_run(models.paths["fp32"], inputs.features, e2e_queries, settings.reference_batch,
                                 settings.threads, workdir),
-            lambda processes: feed_only(models.paths["fp32"], inputs.features, e2e_queries, settings.reference_batch,
-                                        processes, keep_videos=1))
+            lambda processes: measure_feed_only(models.paths["fp32"], inputs.features, e2e_queries,
+                                                settings.reference_batch, processes, keep_videos=1))
     finally:
         for worker in workers.values():
             worker.close()  # frees the GPU for cnm-run below

@@ -10,7 +10,9 @@ themselves (h5py serialises every call behind one lock, so only processes read i
 the batch's frames into a slot of shared memory (``FrameSlots``): the process that runs the model gets
 a slot number and the small arrays. A chunk's result does not depend on who prepared it, so the
 predictions are the same for any number of feed processes. Feed processes are started with ``spawn``:
-a script that grounds with ``processes > 0`` needs the usual ``if __name__ == "__main__":`` guard.
+a script that grounds with ``processes > 0`` needs the usual ``if __name__ == "__main__":`` guard, and
+each feed process imports that script again, so heavy imports at its top (torch) slow every feed process
+(``python -m benchmarks.feed_only`` runs the feed in a light process for that reason).
 """
 from __future__ import annotations
 
