@@ -143,7 +143,8 @@ def markdown(results: dict) -> str:
         f"`python -m benchmarks.ray_scaling --model {results['model']}`: {results['queries']:,} queries over "
         f"{results['videos']:,} videos ({results['features']}), batch {results['batch_size']}, shards of "
         f"{results['shard_size']}, {results['provider']} provider, medians of {results['rounds']} rounds; load "
-        f"average {min(loads):.1f}-{max(loads):.1f} (other work on the machine).", "",
+        f"average {min(loads):.1f}-{max(loads):.1f} before the runs (above the core count: other work on the "
+        f"machine too).", "",
         *markdown_table(["engine", "queries/s", "steady queries/s", "CPU ms/query", "steady CPU ms/query",
                          "vs local (queries/s)", "steady vs local (by CPU)"], rows, "lrrrrrr"),
         "", "Steady: between the first shard's files and the last's, Ray's start and the planning left out. "

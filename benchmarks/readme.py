@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import markdown as benchmark_markdown
+from benchmarks.report import markdown as benchmark_markdown, model_shape
 from cnm_runtime.report import markdown_table
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -107,25 +108,26 @@ def results_table() -> list[str]:
     deployed = runs(RESULTS / "charades-config")
     if deployed:
         results = deployed[0]
-        machine = f"{results['machine']['cores']}-core CPU"
+        model, machine = model_shape(results), f"{results['machine']['cpu']}, {results['machine']['cores']} cores"
         for name in ("torch-eager", "ort-fp32", "ort-int8", "ort-fp32-side"):
             engine = results["engines"][name]
-            rows.append([engine["label"], "64", machine, _median(engine.get("speed", {}).get("64"))])
+            rows.append([engine["label"], model, "64", machine, _median(engine.get("speed", {}).get("64"))])
         e2e = results["end_to_end"]
         if e2e:
-            rows.append(["cnm-run end to end (CPU provider)", "64", machine, _median(e2e)])
+            rows.append(["cnm-run end to end (CPU provider)", model, "64", machine, _median(e2e)])
         for processes, figures in (results.get("feed_only") or {}).get("by_processes", {}).items():
-            rows.append([f"feed alone, {processes} feed processes" if processes != "0" else "feed alone, a thread",
-                         "64", machine, _median(figures)])
+            plural = "" if processes == "1" else "es"
+            feeder = "in a thread" if processes == "0" else f"in {processes} feed process{plural}"
+            rows.append([f"cnm-run's feed alone, {feeder}", model, "64", machine, _median(figures)])
     gpu = runs(RESULTS / "gpu")
     if gpu:
         results = gpu[0]
         for name, engine in results["engines"].items():
             if engine["device"] == "gpu" and "speed" in engine:
                 batch = max(engine["speed"], key=int)
-                rows.append([f"{engine['label']} ({results['date'][:10]})", batch,
+                rows.append([f"{engine['label']} ({results['date'][:10]})", model_shape(results), batch,
                              f"{results['machine']['gpu']}", _median(engine["speed"][batch])])
-    return markdown_table(["engine", "batch", "machine", "queries/s (median)"], rows, "lrlr")
+    return markdown_table(["engine", "model", "batch", "machine", "queries/s (median)"], rows, "llrlr")
 
 
 def worst_seed() -> list[str]:
@@ -136,12 +138,11 @@ def worst_seed() -> list[str]:
     results = found[0]
     summary, worst = results["summary"], results["summary"]["worst"]
     seeds = ", ".join(str(run["seed"]) for run in results["seeds"])
-    return [
+    return textwrap.wrap(
         f"Over seeds {seeds} (`python -m benchmarks.seed_sweep`, {results['machine']['cores']} cores) the worst "
         f"seed, {summary['worst_seed']}, scores mIoU {worst['cnm']['mIoU']:.3f} against the prior's "
         f"{worst['prior']['mIoU']:.3f} and IoU@0.5 {worst['cnm']['IoU@0.5']:.3f} against "
-        f"{worst['prior']['IoU@0.5']:.3f}; the slowest demo took {summary['max_wall_s']:.0f} s."
-    ]
+        f"{worst['prior']['IoU@0.5']:.3f}; the slowest demo took {summary['max_wall_s']:.0f} s.", 108)
 
 
 def generated_blocks() -> list[tuple[tuple[str, str], list[str]]]:

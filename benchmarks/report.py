@@ -21,6 +21,14 @@ def _qps(figures: dict[str, Any]) -> str:
     return f"{_number(figures['median'])} ({_number(figures['min'])}-{_number(figures['max'])})"
 
 
+def model_shape(results: dict[str, Any]) -> str:
+    """``d=256, 3+3 layers, 1024-d frames``; for a run that did not record its model, the checkpoint's path."""
+    shape = results.get("model")
+    if not shape:
+        return f"{results['inputs']['checkpoint']} (size not recorded)"
+    return f"d={shape['d_model']}, {shape['frame_layers']}+{shape['word_layers']} layers, {shape['frame_dim']}-d frames"
+
+
 def _header(results: dict[str, Any]) -> list[str]:
     machine, inputs, settings = results["machine"], results["inputs"], results["settings"]
     gpu = machine["gpu"] or "no GPU"
@@ -30,13 +38,15 @@ def _header(results: dict[str, Any]) -> list[str]:
         "",
         f"`{results['command']}`",
         "",
-        f"{inputs['queries_used']} labelled queries ({features}; {inputs['queries_skipped']} skipped), "
+        f"Model {model_shape(results)}; {inputs['queries_used']} labelled queries ({features}; "
+        f"{inputs['queries_skipped']} skipped), "
         f"{settings['rounds']} rounds, {settings['threads']} threads for every engine "
         f"(PyTorch with OMP_WAIT_POLICY={settings['torch_omp_wait_policy']}; \"side by side\": "
         f"{settings['threads']} batches at once on one thread each, as cnm-run runs on the CPU); "
         f"measured fp32 matrix-multiply rate {_number(machine['sgemm_gflops'])} GFLOP/s (numpy, "
         f"{machine['sgemm_size']}^3)" + (
-            f"; load average {_number(load[0], 2)} before, {_number(load[1], 2)} after (other work then)."
+            f"; 1-minute load average {_number(load[0], 2)} before, {_number(load[1], 2)} after "
+            f"(its own work included)."
             if (load := machine.get("load_average_before_after")) else "."),
     ]
 

@@ -105,6 +105,7 @@ class Models:
     paths: dict[str, Path]  # precision -> exported ONNX file
     flops: dict[str, Flops]  # what an engine loads (checkpoint or precision) -> its FLOPs
     spec: ModelSpec
+    shape: dict[str, int]  # the network's size, so a results table can say which model ran
 
 
 def resolve_inputs(checkpoint: Path | None, vocab: Path | None, features: Path | None,
@@ -133,7 +134,10 @@ def export_models(inputs: Inputs, precisions: list[str], workdir: Path) -> Model
         specs[precision] = export_model(source, paths[precision], precision)
     flops = {precision: graph_flops(path) for precision, path in paths.items()}
     flops["checkpoint"] = unpruned_flops(source, DEFAULT_OPSET)  # what PyTorch's generate computes
-    return Models(paths, flops, specs["fp32"])
+    cfg = source.model.cfg
+    shape = {"d_model": cfg.hidden_size, "heads": cfg.num_heads, "frame_layers": cfg.num_decoder_layers1,
+             "word_layers": cfg.num_decoder_layers2, "frame_dim": cfg.frames_input_size, "vocab_size": cfg.vocab_size}
+    return Models(paths, flops, specs["fp32"], shape)
 
 
 def start_worker(engine: Engine, inputs: Inputs, models: Models, batch_path: Path, settings: Settings) -> Worker:
@@ -361,6 +365,7 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
             "synthetic_features": synthetic_archive(inputs.features),
             "queries_read": prepared.read, "queries_used": len(prepared.queries), "queries_skipped": skipped,
         },
+        "model": models.shape,
         "engines": engines,
         "fastest": fastest(engines),
         "end_to_end": end_to_end,
