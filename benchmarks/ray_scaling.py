@@ -140,7 +140,7 @@ def markdown(results: dict) -> str:
     loads = [run["load_before"][0] for runs in results["runs"].values() for run in runs]
     return "\n".join([
         f"## Ray Data against the local cnm-run: {results['machine']} ({results['date']})", "",
-        f"`python -m benchmarks.ray_scaling --model {results['model']}`: {results['queries']:,} queries over "
+        f"`{results['command']}`: {results['queries']:,} queries over "
         f"{results['videos']:,} videos ({results['features']}), batch {results['batch_size']}, shards of "
         f"{results['shard_size']}, {results['provider']} provider, medians of {results['rounds']} rounds; load "
         f"average {min(loads):.1f}-{max(loads):.1f} before the runs (above the core count: other work on the "
@@ -189,6 +189,7 @@ def main(model: Path, videos: int, queries_per_video: int, batch_size: int, shar
             summary[engine]["steady_vs_local_by_cpu"] = round(local_cpu / summary[engine]["steady_cpu_ms_per_query"], 3)
     machine = f"{cpu_model()}, {available_cores()} cores"
     result = {
+        "command": " ".join(["python -m benchmarks.ray_scaling", *sys.argv[1:]]),
         "machine": machine, "date": datetime.date.today().isoformat(), "model": model.name,
         "features": "synthetic (random, benchmarks/cnm_run_scale.make_archive)",
         "videos": videos, "queries": videos * queries_per_video, "batch_size": batch_size,
@@ -196,7 +197,8 @@ def main(model: Path, videos: int, queries_per_video: int, batch_size: int, shar
         "summary_medians": summary, "runs": engines,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{slug(cpu_model(), f'{available_cores()}c')}-{result['date']}.json"
+    # one file per machine, day and job size: runs of several sizes on one day sit side by side
+    path = out_dir / f"{slug(cpu_model(), f'{available_cores()}c')}-{result['date']}-{result['queries']}q.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}", file=sys.stderr)

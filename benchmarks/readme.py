@@ -59,9 +59,13 @@ seeds, each set against the prior (the mean training span):
 
     python -m benchmarks.seed_sweep""", renderer="benchmarks.seed_sweep"),
     Benchmark("ray", "cnm-run on Ray Data", """\
-`cnm-run --engine ray` with 1 and 2 actors against the local cnm-run on the same archive:
+`cnm-run --engine ray` with 1 and 2 actors against the local cnm-run on the same archive, for two job sizes
+(Ray's start and planning are a fixed cost, so its share falls as the job grows):
 
-    python -m benchmarks.ray_scaling""", renderer="benchmarks.ray_scaling"),
+    cnm-export tests/golden/model-best.pt --vocab tests/golden/glove.pkl -o /tmp/golden.onnx
+    python -m benchmarks.ray_scaling --model /tmp/golden.onnx                          # 12,000 queries
+    python -m benchmarks.ray_scaling --model /tmp/golden.onnx --queries-per-video 48   # 48,000""",
+              renderer="benchmarks.ray_scaling"),
 )
 
 INTRO = """\
