@@ -77,5 +77,6 @@ def measure_feed_only(model: Path, archive: Path, queries: Path, batch_size: int
 
 if __name__ == "__main__":
     model_path, archive_path, queries_path, batch, feed_processes, keep = sys.argv[1:7]
-    run = feed_only(Path(model_path), Path(archive_path), Path(queries_path), int(batch), int(feed_processes), int(keep))
+    run = feed_only(Path(model_path), Path(archive_path), Path(queries_path), int(batch), int(feed_processes),
+                    int(keep))
     print(json.dumps(asdict(run)))
