@@ -18,8 +18,12 @@ from test_run import WORDS, archive, good_records, ground_all, tiny_model, write
 from cnm_runtime.grounder import Grounder
 
 # cnm-run in a process where any import of torch fails
+# Ctrl-C as a terminal delivers it: a shell starts background jobs with SIGINT ignored, and Python then
+# never raises KeyboardInterrupt, so a test suite run in the background would see Ctrl-C do nothing.
 CNM_RUN_WITHOUT_TORCH = BLOCK_TORCH + textwrap.dedent(
     """
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from cnm_runtime.cli import main
     main(prog_name="cnm-run")
     """
