@@ -29,7 +29,8 @@ from cnm_runtime.annotations import load_annotations
 from cnm_runtime.datasets.dataset_files import write_queries
 from cnm_runtime.datasets.default import DEFAULT_NUM_VIDEOS, make_default_dataset
 from cnm_runtime.datasets.synth import synthesize_archive
-from cnm_runtime.report import markdown_table
+from cnm_runtime.report import markdown_table, metric_text
+from cnm_runtime.result_files import write_json_atomic
 from cnm_runtime.spans import HEADLINE_METRICS
 from cnm_runtime.text import load_glove
 from cnm_train.config import load_config
@@ -103,7 +104,7 @@ def format_report(pytorch: dict[str, Any], onnx: dict[str, Any], seed: int) -> s
         f"Seed {seed} (data and training); test split, {pytorch['test_queries']} queries, synthetic features.",
         "",
         *markdown_table(["engine", *HEADLINE_METRICS],
-                        [[name, *(f"{metrics[m]:.4f}" for m in HEADLINE_METRICS)] for name, metrics in rows]),
+                        [[name, *(metric_text(metrics[m]) for m in HEADLINE_METRICS)] for name, metrics in rows]),
         "",
         "Speed is measured by `python -m benchmarks.run` (benchmarks/README.md), not by this demo.",
     ])
@@ -145,7 +146,7 @@ def run_demo(out: Path, seed: int = 0, charades: Path | None = None, epochs: int
     report = format_report(pytorch, onnx, seed)
     summary = {"seed": seed, "pytorch": pytorch, "onnx": onnx, "cnm_run": command,
                "total_s": time.perf_counter() - started, "features": "synthetic (cnm-synth)"}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "demo.json", summary)
     (out / "report.md").write_text(report + "\n")
     return summary
 

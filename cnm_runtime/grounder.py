@@ -36,7 +36,7 @@ from cnm_runtime.feed import Done, Entry, Feed, Outcome, Prepared, PreparedQuery
 from cnm_runtime.features import Clips, to_clips
 from cnm_runtime.queries import QidKey, Query, QueryError, as_lines, qid_key
 from cnm_runtime.session import ModelSession
-from cnm_runtime.spans import spans_from_gaussian, temporal_iou
+from cnm_runtime.spans import span_fractions, spans_from_gaussian, temporal_iou
 
 # CNM predicts one window per query and no confidence; the window's score is this constant.
 WINDOW_SCORE = 1.0
@@ -104,8 +104,8 @@ def _ious(prepared: Sequence[PreparedQuery], spans: np.ndarray) -> list[float | 
     ious: list[float | None] = [None] * len(prepared)
     labelled = [i for i, item in enumerate(prepared) if item.query.timestamps is not None and item.duration]
     if labelled:
-        truth = np.array([prepared[i].query.timestamps for i in labelled]) / np.array(
-            [[prepared[i].duration] for i in labelled])
+        truth = span_fractions(np.array([prepared[i].query.timestamps for i in labelled]),
+                               np.array([prepared[i].duration for i in labelled]))
         for i, iou in zip(labelled, temporal_iou(spans[labelled].astype(np.float64), truth)):
             ious[i] = float(iou)
     return ious

@@ -7,6 +7,7 @@ Files that must appear whole (metrics) go to a temporary file that is then renam
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -66,14 +67,28 @@ class JsonLines:
             self._handle.close()
 
 
+def finite(data: Any) -> Any:
+    """``data`` (dicts, lists and tuples of JSON values) with every float that is not finite replaced by
+    None: JSON has no NaN or Infinity, and a figure that is not a number (a diverged training's loss) is
+    undefined, which JSON writes as null."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(value) for value in data]
+    return data
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON so that readers see the old file or the whole new one, never a part."""
+    """Write ``data`` as strict JSON, null for a float that is not finite (``finite``), so that readers see
+    the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=2)
+            json.dump(finite(data), out, indent=2, allow_nan=False)
             out.write("\n")
         os.replace(temporary, path)
     except BaseException:

@@ -268,3 +268,17 @@ def test_our_checkpoint_has_the_original_layout(tiny, tmp_path, golden_dir):
     assert ours["config"]["train"]["word_mask_weights"] in ("nltk_pos_tag", CLOSED_CLASS_LIST)
     model = build_model(inject_model_keys(ours["config"], len(WORDS) + 1))
     model.load_state_dict(ours["model_parameters"], strict=True)
+
+
+def test_an_undefined_validation_miou_never_picks_the_best_epoch(tmp_path):
+    """An epoch whose validation has no query to score (mIoU None) is kept only while none scored."""
+    from cnm_runtime.spans import METRIC_NAMES
+    from cnm_train.trainer import TrainState, format_table, keep_if_best
+
+    state = TrainState()
+    for epoch, miou in enumerate([None, 0.3, None, 0.2]):
+        path = tmp_path / f"model-{epoch}.pt"
+        path.write_bytes(b"%d" % epoch)
+        keep_if_best({"epoch": epoch, "val": {"mIoU": miou}}, path, state)
+    assert state.best_epoch == 1 and (tmp_path / "model-best.pt").read_bytes() == b"1"
+    assert format_table({"val": dict.fromkeys(METRIC_NAMES)}).splitlines()[-1] == "| val | - | - | - | - | - | - |"
