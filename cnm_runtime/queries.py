@@ -4,40 +4,44 @@ Every line either becomes a ``Query`` or a ``QueryError`` record saying what is 
 bad line never stops a run. JSON lines hold ``video``, ``query``, optional ``qid`` (else the 0-based
 line number), optional ``duration`` (seconds) and optional ``timestamps`` ``[start, end]`` (seconds).
 An original annotation file is a JSON list of ``[video, duration, [start, end], sentence]``; there
-the 0-based entry number is the qid.
+the 0-based entry number is the qid. Values are checked, never coerced (``cnm_runtime.fields``).
+
+A file is an annotation list only when the whole file is one JSON array; otherwise every line is a
+record of its own (a line holding an array is ``not_an_object``), so a stray array on the first line
+costs that line only. Only a valid query claims its qid: a line that is not one gets an error record
+with qid None.
 
 Files are UTF-8, a byte-order mark at the start allowed. Whatever a line holds (any size, nesting or
 encoding) it becomes a ``Query`` or a ``QueryError``, and memory stays bounded: a line longer than
 ``MAX_LINE_BYTES`` is skipped to its end without being held, and an annotation list, one JSON document read
-whole, may be at most ``MAX_LIST_BYTES``.
+whole, may be at most ``MAX_LIST_BYTES``. Whether a file that starts with ``[`` is one array is decided on
+at most that much of it: a larger one is JSON lines when its first line already shows that it is not
+one array (the array opened there closes on that line, or the line is not valid JSON), and otherwise an
+annotation list too large to read: one ``list_too_large`` record, and nothing more of it is read.
 """
 from __future__ import annotations
 
 import json
-import math
-import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from cnm_runtime.annotations import parse_annotation
 from cnm_runtime.errors import InputError, require_code
+from cnm_runtime.fields import check_duration, check_text, check_timestamps, check_video, shown
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: a query line is a few hundred bytes
 # 64 MiB: many times any Charades-STA or ActivityNet Captions split; a list is parsed whole, and takes
 # several times its size in memory then
 MAX_LIST_BYTES = 64 << 20
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
-_SKIP_BYTES = 1 << 16  # how much of an overlong line is read at a time while skipping it
-
-# Values quoted in messages are cut short: a line may hold a megabyte of them
-_shown = reprlib.Repr()
-_shown.maxstring, _shown.maxother, _shown.maxlong = 80, 80, 40
+_JSON_WHITESPACE = b" \t\r\n"
+_SKIP_BYTES = 1 << 16  # how much of an overlong line, or of leading whitespace, is read at a time
 
 
 @dataclass(frozen=True)
 class Query:
-    line: int  # 1-based line of the queries file (entry number for an annotation list)
+    line: int  # 1-based line of the queries file (entry number + 1 for an annotation list)
     qid: str | int
     video: str
     sentence: str
@@ -69,31 +73,11 @@ def qid_key(qid: str | int | None) -> QidKey:
     return isinstance(qid, str), qid
 
 
-def _number(value: Any) -> bool:
-    """A finite int or float (an int too large for a float is not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
-def _check_text(name: str, value: str, where: str) -> None:
-    """InputError unless ``value`` is Unicode text: JSON's escapes can make a lone surrogate, which no UTF-8
-    output can hold."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InputError("bad_encoding", f"{where}: {name!r} holds a lone surrogate, not Unicode text: "
-                                         f"{_shown.repr(value)}") from None
-
-
 def _check_qid(qid: Any, where: str) -> None:
     if isinstance(qid, bool) or not isinstance(qid, (str, int)):
-        raise InputError("bad_field", f"{where}: 'qid' must be a string or an integer, got {_shown.repr(qid)}")
+        raise InputError("bad_field", f"{where}: 'qid' must be a string or an integer, got {shown(qid)}")
     if isinstance(qid, str):
-        _check_text("qid", qid, where)
+        check_text("qid", qid, where)
 
 
 def query_from_record(record: Any, line: int) -> Query:
@@ -104,29 +88,12 @@ def query_from_record(record: Any, line: int) -> Query:
     for name in ("video", "query"):
         if name not in record:
             raise InputError("missing_field", f"{where}: no {name!r} field")
-        if not isinstance(record[name], str):
-            raise InputError("bad_field", f"{where}: {name!r} must be a string, got {_shown.repr(record[name])}")
-        _check_text(name, record[name], where)
-    if not record["video"]:
-        raise InputError("bad_field", f"{where}: 'video' is empty")
+    video, sentence = check_video(record["video"], where), check_text("query", record["query"], where)
     qid = record.get("qid", line - 1)
     _check_qid(qid, where)
-    duration = record.get("duration")
-    if duration is not None:
-        if not _number(duration):
-            raise InputError("bad_field", f"{where}: 'duration' must be a number of seconds, got {_shown.repr(duration)}")
-        if duration <= 0:
-            raise InputError("bad_duration", f"{where}: 'duration' must be positive, got {_shown.repr(duration)}")
-    timestamps = record.get("timestamps")
-    if timestamps is not None:
-        if not (isinstance(timestamps, list) and len(timestamps) == 2 and all(map(_number, timestamps))):
-            raise InputError("bad_field",
-                             f"{where}: 'timestamps' must be [start, end] in seconds, got {_shown.repr(timestamps)}")
-        if timestamps[0] > timestamps[1]:
-            raise InputError("bad_field", f"{where}: 'timestamps' start {timestamps[0]} is after end {timestamps[1]}")
-        timestamps = (float(timestamps[0]), float(timestamps[1]))
-    return Query(line, qid, record["video"], record["query"],
-                 None if duration is None else float(duration), timestamps)
+    duration, timestamps = record.get("duration"), record.get("timestamps")
+    return Query(line, qid, video, sentence, None if duration is None else check_duration(duration, where),
+                 None if timestamps is None else check_timestamps(timestamps, where))
 
 
 @dataclass(frozen=True)
@@ -134,8 +101,9 @@ class QueryLine:
     """One entry of a queries source as read, before it is checked: reading is cheap and runs in order,
     parsing runs where batches are made (in feed processes too)."""
 
-    line: int  # 1-based line of the queries file (entry number for an annotation list)
+    line: int  # 1-based line of the queries file (entry number + 1 for an annotation list)
     content: Any  # a JSON line's bytes, an annotation-list entry (any JSON value), or a record given in Python
+    annotation: bool = False  # content is an annotation-list entry
 
 
 def _refuse_constant(name: str) -> None:
@@ -161,38 +129,28 @@ def _load_json(data: bytes, where: str) -> Any:
         raise InputError("malformed_json", f"{where}: not valid JSON ({error})") from None
 
 
-def _annotation_record(entry: list, line: int) -> dict[str, Any]:
-    """An annotation-list entry as the record of a JSON line, its qid the entry number."""
-    try:
-        annotation = parse_annotation(entry, f"entry {line - 1}")
-    except (ValueError, OverflowError, RecursionError):  # a number beyond float, or nested too deeply to show
-        raise InputError("malformed_entry", f"entry {line - 1}: expected [video, duration, [start, end], "
-                                            f"sentence], got {_shown.repr(entry)}") from None
-    return {"qid": line - 1, "video": annotation.video, "query": annotation.sentence,
-            "duration": annotation.duration, "timestamps": [annotation.start, annotation.end]}
-
-
-def _record_qid(content: Any, line: int) -> str | int | None:
-    """The qid an error record carries: the entry's own where it is a valid one, its line's otherwise."""
-    qid = content.get("qid", line - 1) if isinstance(content, dict) else line - 1
-    try:
-        _check_qid(qid, "")
-    except InputError:
-        return None
-    return qid
+def _annotation_query(entry: Any, line: int) -> Query:
+    """An annotation-list entry as a query, its qid the entry number."""
+    annotation = parse_annotation(entry, f"entry {line - 1}")
+    return Query(line, line - 1, annotation.video, annotation.sentence, annotation.duration,
+                 (annotation.start, annotation.end))
 
 
 def parse(item: QueryLine) -> Query | QueryError:
-    """The ``Query`` of one entry, or a ``QueryError`` saying what is wrong with it."""
-    line, content = item.line, item.content
+    """The ``Query`` of one entry, or a ``QueryError`` saying what is wrong with it.
+
+    Only a valid query claims a qid: an entry that is not one gets an error record with qid None, so that a
+    later valid line with the qid it named (or its line's default) is predicted, not a ``duplicate_qid``.
+    """
     try:
+        if item.annotation:
+            return _annotation_query(item.content, item.line)
+        content = item.content
         if isinstance(content, bytes):
-            content = _load_json(content, f"line {line}")
-        elif isinstance(content, list):
-            content = _annotation_record(content, line)
-        return query_from_record(content, line)
+            content = _load_json(content, f"line {item.line}")
+        return query_from_record(content, item.line)
     except InputError as error:
-        return QueryError(_record_qid(content, line), line, error.code, error.message)
+        return QueryError(None, item.line, error.code, error.message)
 
 
 def _bounded_lines(handle: IO[bytes]) -> Iterator[bytes | None]:
@@ -210,7 +168,7 @@ def _json_lines(path: Path) -> Iterator[QueryLine | QueryError]:
     with open(path, "rb") as handle:
         for line, text in enumerate(_bounded_lines(handle), start=1):
             if text is None:
-                yield QueryError(line - 1, line, "line_too_long",
+                yield QueryError(None, line, "line_too_long",
                                  f"line {line}: longer than {MAX_LINE_BYTES} bytes, skipped unread")
                 continue
             if line == 1:
@@ -219,35 +177,65 @@ def _json_lines(path: Path) -> Iterator[QueryLine | QueryError]:
                 yield QueryLine(line, text)
 
 
-def _annotation_list(path: Path) -> Iterator[QueryLine | QueryError]:
+def _first_character(handle: IO[bytes]) -> bytes:
+    """The first byte of ``handle`` after a byte-order mark and JSON's whitespace; empty for none."""
+    chunk = handle.read(_SKIP_BYTES).removeprefix(BOM)
+    while chunk:
+        if rest := chunk.lstrip(_JSON_WHITESPACE):
+            return rest[:1]
+        chunk = handle.read(_SKIP_BYTES)
+    return b""
+
+
+def _first_line_is_no_array(data: bytes) -> bool:
+    """Whether the first line of ``data`` (which starts with ``[``) shows that ``data`` is not one JSON array:
+    the array closes on that line with more to come, or the line goes wrong before its end. A line that
+    ends with the array still open, or longer than MAX_LINE_BYTES, shows nothing."""
+    data = data.lstrip(_JSON_WHITESPACE)
+    end = data.find(b"\n", 0, MAX_LINE_BYTES + 1)
+    if end < 0:
+        return False
+    try:  # a newline never cuts a UTF-8 sequence, and no JSON string spans lines
+        text = data[:end].decode("utf-8").rstrip()
+        json.JSONDecoder(parse_constant=_refuse_constant).raw_decode(text)
+    except json.JSONDecodeError as error:
+        return error.pos < len(text)
+    except (UnicodeDecodeError, RecursionError, ValueError):  # never read as a list either way
+        return True
+    return True
+
+
+def _annotation_list(path: Path) -> list | QueryError | None:
+    """The entries of ``path`` if the whole file is one JSON array; a ``list_too_large`` error if it may be
+    one but is too large to read; None if it is JSON lines."""
     with open(path, "rb") as handle:
+        if _first_character(handle) != b"[":
+            return None
+        handle.seek(0)
         data = handle.read(MAX_LIST_BYTES + 1)
     if len(data) > MAX_LIST_BYTES:
-        yield QueryError(None, 1, "list_too_large", f"{path}: an annotation list larger than {MAX_LIST_BYTES} "
-                                                     "bytes is not read; give its queries as JSON lines")
-        return
+        if _first_line_is_no_array(data.removeprefix(BOM)):
+            return None
+        return QueryError(None, 1, "list_too_large",
+                          f"{path}: an annotation list larger than {MAX_LIST_BYTES} bytes is not read; give its "
+                          "queries as JSON lines")
     try:
-        items = _load_json(data.removeprefix(BOM), f"{path} (an annotation list)")
-    except InputError as error:
-        yield QueryError(None, 1, error.code, error.message)
-        return
-    for index, item in enumerate(items):
-        yield QueryLine(index + 1, item)
-
-
-def _starts_with_list(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(4096).removeprefix(BOM).lstrip()
-    return head.startswith(b"[")
+        return _load_json(data.removeprefix(BOM), f"{path} (an annotation list)")
+    except InputError:  # not one JSON array: every line is a record of its own
+        return None
 
 
 def read_lines(path: str | Path) -> Iterator[QueryLine | QueryError]:
-    """The entries of ``path`` in file order, unparsed; a file whose first character is ``[`` is an
-    annotation list."""
+    """The entries of ``path`` in file order, unparsed: an annotation list's, or each non-blank line's."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"queries file {path} does not exist")
-    return _annotation_list(path) if _starts_with_list(path) else _json_lines(path)
+    entries = _annotation_list(path)
+    if entries is None:
+        return _json_lines(path)
+    if isinstance(entries, QueryError):
+        return iter([entries])
+    return (QueryLine(index + 1, entry, annotation=True) for index, entry in enumerate(entries))
 
 
 def read_queries(path: str | Path) -> Iterator[Query | QueryError]:
@@ -256,8 +244,8 @@ def read_queries(path: str | Path) -> Iterator[Query | QueryError]:
 
 
 def count_queries(path: str | Path) -> int:
-    """How many results ``path`` gives (non-blank lines, or list entries, or the one error of a list that
-    cannot be read), for a progress bar's total."""
+    """How many results ``path`` gives (non-blank lines, or list entries, or the one error of a list too large
+    to read), for a progress bar's total."""
     return sum(1 for _ in read_lines(path))
 
 

@@ -125,7 +125,7 @@ def test_bad_lines_give_the_local_runs_error_records(local_and_ray):
     assert errors == file_records(folder / "local-errors.jsonl")
     codes = [error["code"] for error in errors]
     assert {code for _, code in BAD_LINES} <= set(codes) and codes.count("duplicate_qid") == 3
-    assert errors[0]["qid"] == 1 and errors[0]["code"] == "malformed_json"  # line 2: its default qid
+    assert errors[0]["qid"] is None and errors[0]["code"] == "malformed_json"  # line 2 claims no qid
 
 
 def test_metrics_equal_the_local_runs(local_and_ray):
