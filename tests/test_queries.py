@@ -227,6 +227,31 @@ def test_a_line_that_is_no_query_claims_no_qid(tiny_model, archive, tmp_path):
         (1, None, "malformed_json"), (2, None, "bad_field"), (3, None, "line_too_long"), (7, "a", "duplicate_qid")]
 
 
+# --- sentences -----------------------------------------------------------------------------------------
+
+def test_a_sentence_is_out_of_vocabulary_unless_a_word_of_it_is_known():
+    vocabulary = Vocabulary(["person", "sits", ".", ",", "'s", "42"])
+    for sentence in ("they sit down.", "they , sit down .", "zebras!"):
+        with pytest.raises(InputError) as raised:
+            vocabulary.encode(sentence, name="line 3")
+        assert raised.value.code == "out_of_vocabulary" and raised.value.message.startswith("query line 3: ")
+    # a sentence with a known word keeps its known punctuation, as the original does
+    assert vocabulary.encode("person sits, then stands.").words == ("person", "sits", ",", ".")
+    assert vocabulary.encode("it's 42.").words == ("'s", "42", ".")  # a contraction and a number are words
+
+
+@pytest.mark.parametrize("sentence", [b"person sits", None, 3, ["person", "sits"]])
+def test_a_sentence_that_is_not_a_str_is_a_bad_field(tiny_model, sentence):
+    with pytest.raises(InputError) as raised:
+        Vocabulary(["person", "sits"]).encode(sentence)
+    assert raised.value.code == "bad_field" and type(sentence).__name__ in raised.value.message
+    grounder = Grounder(tiny_model)
+    clips = grounder.encode_video(np.ones((10, grounder.spec.frame_dim), np.float32))
+    with pytest.raises(InputError) as raised:
+        grounder.predict(clips, ["person sits", sentence], duration=10.0)
+    assert raised.value.code == "bad_field"
+
+
 # --- metrics: null where undefined, never NaN -----------------------------------------------------------
 
 def test_metrics_over_no_queries_are_undefined_not_nan():
