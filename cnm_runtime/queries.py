@@ -104,6 +104,7 @@ class QueryLine:
     line: int  # 1-based line of the queries file (entry number + 1 for an annotation list)
     content: Any  # a JSON line's bytes, an annotation-list entry (any JSON value), or a record given in Python
     annotation: bool = False  # content is an annotation-list entry
+    note: str = ""  # said after the message should the entry be an error: why the file is read line by line
 
 
 def _refuse_constant(name: str) -> None:
@@ -150,7 +151,7 @@ def parse(item: QueryLine) -> Query | QueryError:
             content = _load_json(content, f"line {item.line}")
         return query_from_record(content, item.line)
     except InputError as error:
-        return QueryError(None, item.line, error.code, error.message)
+        return QueryError(None, item.line, error.code, f"{error.message}; {item.note}" if item.note else error.message)
 
 
 def _bounded_lines(handle: IO[bytes]) -> Iterator[bytes | None]:
@@ -164,7 +165,8 @@ def _bounded_lines(handle: IO[bytes]) -> Iterator[bytes | None]:
         yield None
 
 
-def _json_lines(path: Path) -> Iterator[QueryLine | QueryError]:
+def _json_lines(path: Path, note: str = "") -> Iterator[QueryLine | QueryError]:
+    """Every non-blank line of ``path``, the first with ``note``."""
     with open(path, "rb") as handle:
         for line, text in enumerate(_bounded_lines(handle), start=1):
             if text is None:
@@ -174,7 +176,8 @@ def _json_lines(path: Path) -> Iterator[QueryLine | QueryError]:
             if line == 1:
                 text = text.removeprefix(BOM)
             if text.strip():
-                yield QueryLine(line, text)
+                yield QueryLine(line, text.rstrip(_JSON_WHITESPACE), note=note)
+                note = ""
 
 
 def _first_character(handle: IO[bytes]) -> bytes:
@@ -205,37 +208,40 @@ def _first_line_is_no_array(data: bytes) -> bool:
     return True
 
 
-def _annotation_list(path: Path) -> list | QueryError | None:
+def _annotation_list(path: Path) -> list | QueryError | str:
     """The entries of ``path`` if the whole file is one JSON array; a ``list_too_large`` error if it may be
-    one but is too large to read; None if it is JSON lines."""
+    one but is too large to read; else it is JSON lines, and the str says why where it starts with ``[``
+    (empty where it does not)."""
     with open(path, "rb") as handle:
         if _first_character(handle) != b"[":
-            return None
+            return ""
         handle.seek(0)
         data = handle.read(MAX_LIST_BYTES + 1)
     if len(data) > MAX_LIST_BYTES:
         if _first_line_is_no_array(data.removeprefix(BOM)):
-            return None
+            return (f"the file is read one record a line, since it is larger than {MAX_LIST_BYTES} bytes and its "
+                    "first line is not the start of one JSON array")
         return QueryError(None, 1, "list_too_large",
                           f"{path}: an annotation list larger than {MAX_LIST_BYTES} bytes is not read; give its "
                           "queries as JSON lines")
     try:
-        return _load_json(data.removeprefix(BOM), f"{path} (an annotation list)")
-    except InputError:  # not one JSON array: every line is a record of its own
-        return None
+        return _load_json(data.removeprefix(BOM), "as a whole")
+    except InputError as error:
+        return f"the file is read one record a line, since it is not one JSON array ({error.message})"
 
 
 def read_lines(path: str | Path) -> Iterator[QueryLine | QueryError]:
-    """The entries of ``path`` in file order, unparsed: an annotation list's, or each non-blank line's."""
+    """The entries of ``path`` in file order, unparsed: an annotation list's, or each non-blank line's (the
+    first of a file that starts with ``[`` noting why it is not read as a list)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"queries file {path} does not exist")
-    entries = _annotation_list(path)
-    if entries is None:
-        return _json_lines(path)
-    if isinstance(entries, QueryError):
-        return iter([entries])
-    return (QueryLine(index + 1, entry, annotation=True) for index, entry in enumerate(entries))
+    found = _annotation_list(path)
+    if isinstance(found, str):
+        return _json_lines(path, found)
+    if isinstance(found, QueryError):
+        return iter([found])
+    return (QueryLine(index + 1, entry, annotation=True) for index, entry in enumerate(found))
 
 
 def read_queries(path: str | Path) -> Iterator[Query | QueryError]:

@@ -44,7 +44,7 @@ def test_a_json_lines_file_whose_first_line_is_an_array_loses_that_line_only(tmp
     records = good_records(64)
     path = write_lines(tmp_path / "q.jsonl", ['["v0", 30, [1, 4], "person sits."]', *records])
     first, *rest = read_queries(path)
-    assert (first.code, first.line, first.qid) == ("not_an_object", 1, None)
+    assert (first.code, first.line, first.qid) == ("not_an_object", 1, None) and "not one JSON array" in first.message
     assert [query.qid for query in rest] == [record["qid"] for record in records]
     assert count_queries(path) == 65
 
@@ -55,6 +55,17 @@ def test_an_annotation_list_is_one_array_however_it_is_laid_out(tmp_path):
     path.write_bytes(BOM + b"\n  \n" + json.dumps(entries, indent=2).encode() + b"\n")
     assert list(read_queries(path)) == [Query(1, 0, "v1", "person opens the door.", 30.0, (1.0, 4.0)),
                                         Query(2, 1, "v2", "person sits.", 12.5, (0.0, 3.0))]
+
+
+def test_a_broken_annotation_list_is_read_line_by_line_and_its_first_error_says_where_it_breaks(tmp_path):
+    text = json.dumps([["v1", 30, [1, 4], "person sits."]] * 3, indent=2).replace("30", "3O", 1)
+    path = tmp_path / "test.json"
+    path.write_text(text)
+    results = list(read_queries(path))
+    assert len(results) == count_queries(path) == len(text.splitlines())
+    assert all(isinstance(result, QueryError) and result.qid is None for result in results)
+    assert results[0].message.endswith("not one JSON array (as a whole: not valid JSON (Expecting ',' delimiter: "
+                                       "line 4 column 6))")
 
 
 GOOD_LINES = [json.dumps(record) for record in good_records(3)]
