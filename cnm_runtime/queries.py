@@ -151,7 +151,8 @@ def parse(item: QueryLine) -> Query | QueryError:
             content = _load_json(content, f"line {item.line}")
         return query_from_record(content, item.line)
     except InputError as error:
-        return QueryError(None, item.line, error.code, f"{error.message}; {item.note}" if item.note else error.message)
+        message = f"{error.message}; {item.note}" if item.note else error.message
+        return QueryError(None, item.line, error.code, message)
 
 
 def _bounded_lines(handle: IO[bytes]) -> Iterator[bytes | None]:
@@ -202,9 +203,9 @@ def _first_line_is_no_array(data: bytes) -> bool:
         text = data[:end].decode("utf-8").rstrip()
         json.JSONDecoder(parse_constant=_refuse_constant).raw_decode(text)
     except json.JSONDecodeError as error:
-        return error.pos < len(text)
-    except (UnicodeDecodeError, RecursionError, ValueError):  # never read as a list either way
-        return True
+        return error.pos < len(text)  # wrong before the line's end, or still open at it
+    except (UnicodeDecodeError, RecursionError, ValueError):  # no JSON that Python reads: never a list
+        pass
     return True
 
 

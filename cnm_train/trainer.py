@@ -127,10 +127,10 @@ def state_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".state.pt")
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A markdown table, one row per entry, one column per metric."""
-    return "\n".join(markdown_table(["", *METRIC_NAMES],
-                                    [[name, *(metric_text(metrics[m]) for m in METRIC_NAMES)] for name, metrics in rows.items()]))
+def format_table(rows: dict[str, dict[str, float | None]]) -> str:
+    """A markdown table, one row per entry, one column per metric (``-`` where it is undefined)."""
+    return "\n".join(markdown_table(["", *METRIC_NAMES], [[name, *(metric_text(metrics[m]) for m in METRIC_NAMES)]
+                                                         for name, metrics in rows.items()]))
 
 
 # --- one batch, one epoch ----------------------------------------------------------------------------
