@@ -36,10 +36,10 @@ import click
 
 from benchmarks.cnm_run_scale import make_archive
 from benchmarks.machine import cpu_model, slug
-from cnm_train.tables import markdown_table
 from cnm_runtime.cores import available_cores
 from cnm_runtime.options import RunOptions
 from cnm_runtime.session import ModelSession
+from cnm_train.tables import markdown_table
 
 RESULTS = Path(__file__).parent / "results" / "ray"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -104,7 +104,7 @@ def run_once(args: list[str], out: Path, metrics: Path) -> dict:
     written and the last."""
     load_before = _load()
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "cnm_runtime", *args, "-o", str(out), "--metrics",
+    process = subprocess.Popen([sys.executable, "-m", "cnm_runtime.cli", *args, "-o", str(out), "--metrics",
                                 str(metrics)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     cpu = TreeCpu(process.pid)
     _, err = process.communicate()

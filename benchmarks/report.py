@@ -5,8 +5,8 @@ from typing import Any
 
 from benchmarks.engines import REFERENCE
 from benchmarks.summary import ratio
-from cnm_train.tables import markdown_table
 from cnm_runtime.spans import HEADLINE_METRICS
+from cnm_train.tables import markdown_table
 
 
 def _number(value: float | None, digits: int = 1) -> str:

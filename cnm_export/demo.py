@@ -29,10 +29,12 @@ from cnm_runtime.annotations import load_annotations
 from cnm_runtime.datasets.dataset_files import write_queries
 from cnm_runtime.datasets.default import DEFAULT_NUM_VIDEOS, make_default_dataset
 from cnm_runtime.datasets.synth import synthesize_archive
-from cnm_train.tables import markdown_table
+from cnm_runtime.report import metric_text
+from cnm_runtime.run_files import write_json_atomic
 from cnm_runtime.spans import HEADLINE_METRICS
 from cnm_runtime.text import load_glove
 from cnm_train.config import load_config
+from cnm_train.tables import markdown_table
 from cnm_train.trainer import RunOptions, epoch_checkpoint, evaluate_checkpoint, fit, state_path
 
 log = logging.getLogger("cnm-demo")
@@ -84,7 +86,7 @@ def demo_config(data: DemoData, out: Path, epochs: int | None, hidden_size: int 
 
 def run_cnm_run(out: Path, data: DemoData) -> tuple[list[str], dict[str, Any]]:
     """cnm-run as a user types it (through this interpreter); returns the command and its metrics."""
-    command = [sys.executable, "-m", "cnm_runtime", "--model", str(out / "model-best.onnx"),
+    command = [sys.executable, "-m", "cnm_runtime.cli", "--model", str(out / "model-best.onnx"),
                "--features", str(data.archive), "--queries", str(data.queries),
                "-o", str(out / "predictions.jsonl"), "--errors", str(out / "errors.jsonl"),
                "--metrics", str(out / "metrics-onnx.json")]
@@ -103,7 +105,7 @@ def format_report(pytorch: dict[str, Any], onnx: dict[str, Any], seed: int) -> s
         f"Seed {seed} (data and training); test split, {pytorch['test_queries']} queries, synthetic features.",
         "",
         *markdown_table(["engine", *HEADLINE_METRICS],
-                        [[name, *(f"{metrics[m]:.4f}" for m in HEADLINE_METRICS)] for name, metrics in rows]),
+                        [[name, *(metric_text(metrics[m]) for m in HEADLINE_METRICS)] for name, metrics in rows]),
         "",
         "Speed is measured by `python -m benchmarks.run` (benchmarks/README.md), not by this demo.",
     ])
@@ -145,7 +147,7 @@ def run_demo(out: Path, seed: int = 0, charades: Path | None = None, epochs: int
     report = format_report(pytorch, onnx, seed)
     summary = {"seed": seed, "pytorch": pytorch, "onnx": onnx, "cnm_run": command,
                "total_s": time.perf_counter() - started, "features": "synthetic (cnm-synth)"}
-    (out / "demo.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / "demo.json", summary)
     (out / "report.md").write_text(report + "\n")
     return summary
 

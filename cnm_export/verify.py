@@ -162,7 +162,7 @@ def _in_chunks(run, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _metrics(outputs: tuple[np.ndarray, np.ndarray], truth: np.ndarray) -> dict[str, float]:
+def _metrics(outputs: tuple[np.ndarray, np.ndarray], truth: np.ndarray) -> dict[str, float | None]:
     return grounding_metrics(temporal_iou(spans_from_gaussian(*outputs), truth))
 
 
@@ -174,7 +174,8 @@ def verify_labelled(session: ModelSession, model: CNM, word_vectors: np.ndarray,
     ours = _in_chunks(session.run, labelled.batch)
     reference = _in_chunks(lambda batch: pytorch_outputs(model, word_vectors, batch), labelled.batch)
     ours_metrics, reference_metrics = _metrics(ours, labelled.truth), _metrics(reference, labelled.truth)
-    change = {name: ours_metrics[name] - reference_metrics[name] for name in HEADLINE_METRICS}
+    change = {name: ours_metrics[name] - reference_metrics[name] for name in HEADLINE_METRICS
+              if ours_metrics[name] is not None and reference_metrics[name] is not None}  # None: undefined
     cases = [_compare("labelled set vs PyTorch", ours, reference, change)]
     expected_path = Path(directory) / "expected.npz"
     if expected_path.exists():

@@ -1,36 +1,21 @@
-"""The original annotation files: a JSON list of ``[video, duration, [start, end], sentence]``."""
+"""The original annotation files: a JSON list of ``[video, duration, [start, end], sentence]``.
+
+Entries are checked, never coerced (``cnm_runtime.fields``): a video and a sentence are strings, a
+duration a finite positive number, timestamps finite numbers with ``0 <= start <= end``. Charades-STA
+and ActivityNet Captions as the original CNM ships them pass as they are.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-
-@dataclass(frozen=True)
-class Annotation:
-    video: str
-    duration: float  # seconds
-    start: float  # seconds
-    end: float
-    sentence: str
-
-    @property
-    def span_fraction(self) -> tuple[float, float]:
-        """Ground truth as fractions of the video, as the original evaluation divides it."""
-        return self.start / self.duration, self.end / self.duration
-
-
-def parse_annotation(item: list, where: str) -> Annotation:
-    """One ``[video, duration, [start, end], sentence]`` entry; ValueError naming ``where`` otherwise."""
-    try:
-        video, duration, (start, end), sentence = item
-        return Annotation(str(video), float(duration), float(start), float(end), str(sentence))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{where}: expected [video, duration, [start, end], sentence], got {item!r}") from error
+from cnm_runtime.fields import Annotation, parse_annotation
 
 
 def load_annotations(path: str | Path) -> list[Annotation]:
-    items = json.loads(Path(path).read_text())
+    """Every entry of the annotation file ``path``; ValueError (an InputError for an entry) naming the file
+    and the entry otherwise."""
+    items = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a JSON list of [video, duration, [start, end], sentence]")
     return [parse_annotation(item, f"{path} entry {i}") for i, item in enumerate(items)]

@@ -25,7 +25,7 @@ from cnm_runtime.features import Clips
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import Done, Prediction, QueryError, contained
 from cnm_runtime.queries import QidKey, Query, QueryLine, parse, qid_key
-from cnm_runtime.spans import spans_from_gaussian, temporal_iou
+from cnm_runtime.spans import span_fractions, spans_from_gaussian, temporal_iou
 from cnm_runtime.text import EncodedQuery, Vocabulary
 from cnm_runtime.videos import RecentVideos
 
@@ -127,8 +127,8 @@ def _windows(ready: list[PreparedQuery], center: np.ndarray, width: np.ndarray) 
         ious: list[float | None] = [None] * len(ready)
         labelled = [i for i, item in enumerate(ready) if item.query.timestamps is not None and item.duration]
         if labelled:
-            truth = np.array([ready[i].query.timestamps for i in labelled]) / np.array(
-                [[ready[i].duration] for i in labelled])
+            truth = span_fractions(np.array([ready[i].query.timestamps for i in labelled]),
+                                   np.array([ready[i].duration for i in labelled]))
             for i, iou in zip(labelled, temporal_iou(spans[labelled].astype(np.float64), truth).tolist()):
                 ious[i] = iou
     return center.tolist(), width.tolist(), spans.tolist(), ious
@@ -178,9 +178,7 @@ class BatchMaker:
         """The boundary of one query: whatever preparing it raises is its error record."""
         if isinstance(entry, QueryError):
             return entry
-        query = entry if isinstance(entry, Query) else contained(lambda: parse(entry), f"line {entry.line}")
-        if isinstance(query, InputError):
-            return _error(entry, query)
+        query = parse(entry) if isinstance(entry, QueryLine) else entry
         if isinstance(query, QueryError):
             return query
         if qid_key(query.qid) in self.done:

@@ -9,6 +9,7 @@ status says how the run ended (``EXIT_STATUSES``). This module turns the flags i
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -130,17 +131,27 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
                 write_json_atomic(files.metrics, metrics)
         except Failed as failure:
             log.error("%s", failure)
-            sys.exit(failure.status)
+            _leave(failure.status, engine, stopped=bool(stop.requested))
         for line in summary_lines(metrics):
             log.info("%s", line)
         if stop.requested:
             log.info("stopped: %s holds every result made so far; %s", files.output,
                      "the same command finishes the rest" if engine == "ray" else "rerun with --resume to finish")
-            sys.exit(stop.exit_status)
+            _leave(stop.exit_status, engine, stopped=True)
         if metrics["errors"] > max_errors:
             log.error("%d errors, more than --max-errors %d%s", metrics["errors"], max_errors,
                       f" (see {errors_path or output})" if errors_path or engine == "ray" else "")
             sys.exit(EXIT_TOO_MANY_ERRORS)
+
+
+def _leave(status: int, engine: str, stopped: bool) -> None:
+    """Exit with ``status``. A Ray run stopped early leaves at once: Ray Data's threads outlive an iteration
+    stopped midway, and shutting Ray down under them (as Ray does at exit) ends the process with status 1;
+    Ray's own processes see the driver gone and end its job."""
+    if engine == "ray" and stopped:
+        logging.shutdown()
+        os._exit(status)
+    sys.exit(status)
 
 
 def _check(files: RunFiles, engine: str, resume: bool, address: str | None, other_engine: list[str]) -> None:
@@ -193,7 +204,10 @@ def _local(files: RunFiles, options: RunOptions, resume: bool, stop: StopSignals
             raise Failed(EXIT_OUTPUT, str(error)) from error
         except (OutputInUse, ProvenanceMismatch, ValueError) as error:
             raise Failed(EXIT_USAGE, str(error)) from error
-        except BrokenProcessPool as error:  # a feed process was killed (out of memory?): keep what is written
+        except BrokenProcessPool as error:  # a feed process was killed (out of memory? SIGTERM to the group?)
+            if stop.requested:
+                raise Failed(stop.exit_status, f"stopped: {files.output} holds every prediction made so far; "
+                                               "rerun with --resume to finish") from error
             raise Failed(EXIT_FAILED, f"a feed process died ({error}); the predictions made so far are written, "
                                       "and --resume continues them") from error
 
@@ -227,3 +241,7 @@ def _ray(files: RunFiles, options: RunOptions, address: str | None, actors: int,
                                   "rest") from error
     except (OSError, ValueError, RuntimeError) as error:  # the model, the archive, the queries
         raise Failed(EXIT_USAGE, str(error)) from error
+
+
+if __name__ == "__main__":  # python -m cnm_runtime.cli, as the demo runs it without relying on PATH
+    main()

@@ -1,7 +1,12 @@
 """One error type for bad user input, with a stable code that batch runs write to their errors file.
 
 ``ERROR_CODES`` lists every code, with what it means: an error record never carries a code missing there.
+``shown`` quotes a value in a message, cut short.
 """
+from __future__ import annotations
+
+import reprlib
+from typing import Any
 
 ERROR_CODES: dict[str, str] = {
     # a line of the queries file
@@ -9,15 +14,19 @@ ERROR_CODES: dict[str, str] = {
     "bad_encoding": "the line is not UTF-8 text, or a string in it is not valid Unicode (a lone surrogate)",
     "line_too_long": "the line is longer than cnm_runtime.queries.MAX_LINE_BYTES; it is skipped unread",
     "list_too_large": "the annotation list is larger than cnm_runtime.queries.MAX_LIST_BYTES; it is not read",
-    "not_an_object": "the line is JSON, but not an object",
-    "malformed_entry": "an annotation-list entry is not [video, duration, [start, end], sentence]",
+    "not_an_object": "the line is JSON, but not an object (in a JSON-lines file a line holding an array too)",
+    "malformed_entry": "an annotation-list entry is not shaped [video, duration, [start, end], sentence]",
     "missing_field": "the line has no 'video' or no 'query'",
-    "bad_field": "a field has the wrong type or value ('video', 'query', 'qid', 'duration' or 'timestamps')",
-    "bad_duration": "the duration, the query's or the archive's, is not a positive number of seconds",
+    "bad_field": "a field has the wrong type or value, never coerced: 'video' and 'query' must be strings "
+                 "('video' not empty), 'qid' a string or an integer, 'duration' a number, 'timestamps' "
+                 "[start, end] finite numbers with 0 <= start <= end (the end may lie past the duration); "
+                 "in the Python API, a sentence that is not a str",
+    "bad_duration": "the duration, the query's or the archive's, is not a finite positive number of seconds",
     "duplicate_qid": "a later line with the qid of an earlier line",
     # the sentence
     "empty_query": "the sentence is empty",
-    "out_of_vocabulary": "no word of the sentence is in the model's vocabulary",
+    "out_of_vocabulary": "no word of the sentence (a token holding a letter or a digit) is in the model's "
+                         "vocabulary, whatever punctuation of it is",
     # the video
     "unknown_video": "the archive has no such video",
     "unreadable_video": "the archive has the video but it cannot be read (damaged, a link leading nowhere, "
@@ -56,3 +65,13 @@ class InputError(ValueError):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+# Values quoted in messages are cut short: a line may hold a megabyte of them
+_shown = reprlib.Repr()
+_shown.maxstring, _shown.maxother, _shown.maxlong = 80, 80, 40
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut short enough for one line of a message, at any size or depth."""
+    return _shown.repr(value)

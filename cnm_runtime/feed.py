@@ -94,9 +94,9 @@ _slots: np.ndarray | None = None
 def _start_feed_process(archive: str, spec: ModelSpec, options: RunOptions, done: frozenset[QidKey],
                         slots_path: str, slots_shape: tuple[int, ...], dtype: str) -> None:
     global _maker, _slots
-    # Ctrl-C and SIGTERM are the main process's to handle: it ends the feed processes itself
+    # Ctrl-C reaches the whole process group; the main process handles it and ends the feed processes itself
+    # (SIGTERM keeps its default: the pool ends a broken pool's processes with it)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _maker = BatchMaker(archive, spec, options, done)
     _slots = np.memmap(slots_path, np.dtype(dtype), "r+", shape=slots_shape)
 

@@ -28,8 +28,8 @@ import numpy as np
 from cnm_runtime.batch import build_batch
 from cnm_runtime.chunks import Chunk, prepare_query
 from cnm_runtime.errors import InputError
-from cnm_runtime.feed import Feed, Model
 from cnm_runtime.features import Clips, to_clips
+from cnm_runtime.feed import Feed, Model
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import Prediction, QueryError
 from cnm_runtime.queries import Query, as_lines, qid_key, query_from_record

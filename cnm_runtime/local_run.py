@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import QueryError
 from cnm_runtime.provenance import check_same, provenance, provenance_path
-from cnm_runtime.queries import scan_queries
+from cnm_runtime.queries import QueriesFile
 from cnm_runtime.report import RunTally
 from cnm_runtime.run_files import JsonLines, LockedFile, RunFiles, read_back, write_json_atomic
 from cnm_runtime.stop import StopSignals
@@ -34,7 +34,8 @@ def run_local(grounder: Grounder, files: RunFiles, resume: bool, stop: StopSigna
     """Ground every query not yet in ``files.output``; the run's metrics (those of an interrupted run count
     what it did)."""
     started = time.perf_counter()
-    count, queries_sha256 = scan_queries(files.queries)
+    queries = QueriesFile(files.queries)
+    count, queries_sha256 = queries.scan()
     tally = RunTally()
     with ExitStack() as stack:
         output = None if files.to_stdout else stack.enter_context(LockedFile(files.output, "-o"))
@@ -48,7 +49,7 @@ def run_local(grounder: Grounder, files: RunFiles, resume: bool, stop: StopSigna
                                             disable=None, dynamic_ncols=True))
         stack.enter_context(logging_redirect_tqdm())
         stop.grounding()
-        results = stack.enter_context(closing(grounder.ground(files.features, files.queries, skip_qids=done)))
+        results = stack.enter_context(closing(grounder.ground(files.features, queries.entries(), skip_qids=done)))
         for result in results:
             if isinstance(result, QueryError):
                 tally.add_error(result)

@@ -1,6 +1,9 @@
 """What a cnm-run did, for both engines: counts, grounding metrics and speed built from the records it writes,
 and the summary a person reads.
 
+Every number is finite: a metric that is undefined (IoU@t and mIoU with no query that has ground truth) is
+None, written as null.
+
 The tally reads prediction records (the dicts written to the output), so a resumed run counts the
 predictions of the earlier run, read back from the file, exactly like its own.
 """
@@ -13,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnm_runtime.outcomes import QueryError
-from cnm_runtime.spans import grounding_metrics
+from cnm_runtime.spans import METRIC_NAMES, grounding_metrics
 
 
 class RunTally:
@@ -61,6 +64,12 @@ class RunTally:
         }
 
 
+def metric_text(value: float | None, digits: int = 4) -> str:
+    """A metric for a table or a log line: ``digits`` decimals, or ``-`` where it is undefined (None: no
+    query with ground truth)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def summary_lines(metrics: dict[str, Any]) -> list[str]:
     """The metrics as a few lines for a person reading the terminal."""
     lines = [
@@ -71,7 +80,7 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
     if metrics["errors"]:
         lines.append("errors: " + ", ".join(f"{code} {count}" for code, count in metrics["errors_by_code"].items()))
     if metrics["with_ground_truth"]:
-        scores = "  ".join(f"{name} {metrics[name]:.4f}" for name in metrics if name.startswith(("IoU@", "mIoU")))
+        scores = "  ".join(f"{name} {metric_text(metrics[name])}" for name in METRIC_NAMES)
         lines.append(f"{scores}  ({metrics['with_ground_truth']} queries with ground truth)")
     lines.append(f"{metrics['dropped_tokens']} tokens outside the vocabulary dropped, "
                  f"{metrics['truncated_queries']} queries cut to the model's word limit")

@@ -15,6 +15,7 @@ Any failure to write an output is an ``OutputError`` naming the file: cnm-run ex
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import sys
@@ -241,6 +242,19 @@ def write_atomic(path: str | Path, lines: Iterable[str]) -> None:
         raise
 
 
+def finite(data: Any) -> Any:
+    """``data`` (dicts, lists and tuples of JSON values) with every float that is not finite replaced by
+    None: JSON has no NaN or Infinity, and a figure that is not a number (a diverged training's loss) is
+    undefined, which JSON writes as null."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(value) for value in data]
+    return data
+
+
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """``data`` as strict, indented JSON through ``write_atomic``."""
-    write_atomic(path, [json.dumps(data, indent=2, allow_nan=False)])
+    """``data`` as strict, indented JSON through ``write_atomic``, null for a float that is not finite."""
+    write_atomic(path, [json.dumps(finite(data), indent=2, allow_nan=False)])

@@ -161,12 +161,17 @@ def _provider_name(entry: str | tuple[str, dict]) -> str:
     return entry if isinstance(entry, str) else entry[0]
 
 
+# Making a session swaps two things of the whole process, standard output and ONNX Runtime's log level, and
+# the session's threads make theirs at once: one at a time.
+_MAKING = threading.Lock()
+
+
 def _new_session(path: Path, threads: int, chain: list) -> ort.InferenceSession:
     """A session on ``chain`` whose notices go to the debug log: ONNX Runtime prints some with print(),
     which would land among predictions written to standard output."""
     notices = io.StringIO()
     cpu_only = [_provider_name(entry) for entry in chain] == [PROVIDERS["cpu"]]
-    with contextlib.redirect_stdout(notices):
+    with _MAKING, contextlib.redirect_stdout(notices):
         ort.set_default_logger_severity(ORT_QUIET)
         try:
             session = ort.InferenceSession(str(path), _options(threads), providers=chain,

@@ -33,6 +33,13 @@ class StopSignals:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 
+    def take_back(self) -> None:
+        """Install the handlers again, over those a library put in their place (Ray's driver installs its own
+        for SIGTERM, which ends the process at once)."""
+        if self._previous:
+            for number in SIGNALS:
+                signal.signal(number, self._handle)
+
     def __exit__(self, *exc) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)

@@ -17,7 +17,7 @@ import numpy as np
 from nltk.tokenize import word_tokenize
 from nltk.tokenize.destructive import NLTKWordTokenizer
 
-from cnm_runtime.errors import InputError
+from cnm_runtime.errors import InputError, shown
 
 
 _RE_FLAGS = re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE | re.UNICODE | re.ASCII
@@ -98,6 +98,12 @@ FUNCTION_WORDS = frozenset(
     can could may might must shall should will would 's 're 'm 've 'd 'll n't
     """.split()
 )
+
+
+def is_word(token: str) -> bool:
+    """A token that holds a letter or a digit (in any script): a word, a number or a contraction such as
+    "n't"; punctuation alone is none."""
+    return any(character.isalnum() for character in token)
 
 
 def is_content_word(token: str) -> bool:
@@ -222,18 +228,24 @@ class Vocabulary:
         return table
 
     def encode(self, sentence: str, max_num_words: int = 20, name: str | None = None) -> EncodedQuery:
-        """Kept word ids of ``sentence``; raises InputError when no word is kept."""
-        label = name if name is not None else repr(sentence)
-        if not isinstance(sentence, str) or not sentence.strip():
+        """Kept word ids of ``sentence``; InputError when it is not a str (``bad_field``), blank
+        (``empty_query``) or keeps no word (``out_of_vocabulary``).
+
+        Every token in the vocabulary is kept, punctuation too, as the original keeps it; but a sentence
+        whose kept tokens are all punctuation ("they sit down." with only "." known) is out of vocabulary:
+        the model would ground it on nothing it was asked.
+        """
+        label = name if name is not None else shown(sentence)
+        if not isinstance(sentence, str):
+            raise InputError("bad_field", f"query {label}: the sentence must be a str, got {type(sentence).__name__}")
+        if not sentence.strip():
             raise InputError("empty_query", f"query {label}: the sentence is empty")
         kept, dropped = [], []
         for token in tokenize(sentence):
             (kept if token in self.index else dropped).append(token)
-        if not kept:
-            raise InputError(
-                "out_of_vocabulary",
-                f"query {label}: no word of {sentence!r} is in the model's vocabulary",
-            )
+        if not any(map(is_word, kept)):
+            raise InputError("out_of_vocabulary",
+                             f"query {label}: no word of {shown(sentence)} is in the model's vocabulary")
         words = kept[:max_num_words]
         return EncodedQuery(
             word_ids=tuple(self.index[w] for w in words),

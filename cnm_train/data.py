@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cnm_runtime.annotations import Annotation, load_annotations
+from cnm_runtime.annotations import load_annotations
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.errors import InputError
+from cnm_runtime.fields import Annotation
 from cnm_runtime.text import EncodedQuery, Vocabulary, pad_word_ids
 from cnm_runtime.videos import load_clips
 from cnm_train.masking import mask_probabilities, word_weights

@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from cnm_runtime.annotations import Annotation
+from cnm_runtime.fields import Annotation
 from cnm_runtime.spans import grounding_metrics, prior_spans, spans_from_gaussian, temporal_iou
 from cnm_train.data import Batch, Sample
 from cnm_train.model import CNM
@@ -31,13 +31,13 @@ def predict_spans(model: CNM, batches: Iterable[Batch | None],
     return indices, np.concatenate(predicted), np.concatenate(truth)
 
 
-def evaluate(model: CNM, batches: Iterable[Batch | None], device: torch.device | str = "cpu") -> dict[str, float]:
+def evaluate(model: CNM, batches: Iterable[Batch | None], device: torch.device | str = "cpu") -> dict[str, float | None]:
     """``IoU@0.1 .. IoU@0.9`` and ``mIoU`` of the model's top-1 span, as the original evaluation computes them."""
     _, predicted, truth = predict_spans(model, batches, torch.device(device))
     return grounding_metrics(temporal_iou(predicted, truth))
 
 
-def prior_metrics(train: Sequence[Annotation], samples: Sequence[Sample]) -> dict[str, float]:
+def prior_metrics(train: Sequence[Annotation], samples: Sequence[Sample]) -> dict[str, float | None]:
     """The same metrics for the prior: the mean training span predicted for every query of ``samples``."""
     truth = np.array([s.annotation.span_fraction for s in samples], dtype=np.float64)
     predicted = prior_spans(np.array([a.span_fraction for a in train]), len(samples))

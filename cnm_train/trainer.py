@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cnm_runtime.annotations import load_annotations
 from cnm_runtime.cores import available_cores
-from cnm_train.tables import markdown_table
+from cnm_runtime.report import metric_text
 from cnm_runtime.run_files import write_json_atomic
 from cnm_runtime.spans import METRIC_NAMES
 from cnm_runtime.text import Vocabulary, load_glove
@@ -41,6 +41,7 @@ from cnm_train.losses import ivc_loss, rec_loss, reconstruction_mask
 from cnm_train.masking import choose_method, sample_masked_slots
 from cnm_train.model import CNM
 from cnm_train.optim import PhaseOptimizer, phase_optimizers
+from cnm_train.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,10 @@ def state_path(checkpoint: Path) -> Path:
     return checkpoint.with_suffix(".state.pt")
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """A markdown table, one row per entry, one column per metric."""
-    return "\n".join(markdown_table(["", *METRIC_NAMES],
-                                    [[name, *(f"{metrics[m]:.4f}" for m in METRIC_NAMES)] for name, metrics in rows.items()]))
+def format_table(rows: dict[str, dict[str, float | None]]) -> str:
+    """A markdown table, one row per entry, one column per metric (``-`` where it is undefined)."""
+    return "\n".join(markdown_table(["", *METRIC_NAMES], [[name, *(metric_text(metrics[m]) for m in METRIC_NAMES)]
+                                                         for name, metrics in rows.items()]))
 
 
 # --- one batch, one epoch ----------------------------------------------------------------------------
@@ -262,8 +263,8 @@ def fit(config: dict[str, Any], options: RunOptions, resume: Path | None = None)
         save_checkpoint(path, model, config, state.num_updates)
         record = {"epoch": epoch, "num_updates": state.num_updates, **stats}
         record.update({name: evaluate(model, loader, device) for name, loader in eval_loaders.items()})
-        log.info("epoch %d: val mIoU %.4f, test mIoU %.4f, %.3f seconds/batch",
-                 epoch, record["val"]["mIoU"], record["test"]["mIoU"], stats["seconds_per_batch"])
+        log.info("epoch %d: val mIoU %s, test mIoU %s, %.3f seconds/batch", epoch,
+                 metric_text(record["val"]["mIoU"]), metric_text(record["test"]["mIoU"]), stats["seconds_per_batch"])
         keep_if_best(record, path, state)
         save_train_state(path, epoch, state, optimizers)
         write_json_atomic(out / "metrics.json", metrics_summary(state, prior, splits.validation))
@@ -274,12 +275,17 @@ def keep_if_best(record: dict[str, Any], path: Path, state: TrainState) -> None:
     """Add the epoch's record; copy its checkpoint to ``model-best.pt`` when its validation mIoU is the best."""
     best = state.best()
     state.history.append(record)
-    if best is None or record["val"]["mIoU"] > best["val"]["mIoU"]:
+    if best is None or _beats(record["val"]["mIoU"], best["val"]["mIoU"]):
         state.best_epoch = record["epoch"]
         tmp = path.with_name("model-best.pt.tmp")
         shutil.copyfile(path, tmp)
         os.replace(tmp, path.with_name("model-best.pt"))
         log.info("best validation mIoU so far: epoch %d", record["epoch"])
+
+
+def _beats(value: float | None, best: float | None) -> bool:
+    """Whether a validation mIoU beats the best so far; an undefined one (None) beats nothing."""
+    return value is not None and (best is None or value > best)
 
 
 def save_train_state(path: Path, epoch: int, state: TrainState, optimizers: tuple[PhaseOptimizer, ...]) -> None:

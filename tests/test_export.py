@@ -21,9 +21,9 @@ from cnm_export.flops import graph_flops  # noqa: E402
 from cnm_export.graph import ChunkedCausalAttention  # noqa: E402
 from cnm_export.verify import TOLERANCE, load_labelled_set, random_batch, verify_export  # noqa: E402
 from cnm_runtime.model_spec import ModelSpec  # noqa: E402
+from cnm_runtime.provenance import file_digest  # noqa: E402
 from cnm_runtime.spans import HEADLINE_METRICS  # noqa: E402
 from cnm_runtime.text import Vocabulary, load_glove  # noqa: E402
-from cnm_runtime.provenance import file_digest  # noqa: E402
 from cnm_train.checkpoint import load_checkpoint  # noqa: E402
 from cnm_train.model import MultiheadAttention, causal_block, score_bias  # noqa: E402
 
@@ -372,3 +372,51 @@ def test_vocabulary_found_from_the_checkpoint_folder(tmp_path, monkeypatch):
     torch.save(raw, checkpoint)
     result = CliRunner().invoke(cli.main, ["model-best.pt", "-o", "x.onnx"])
     assert result.exit_code != 0 and "data/glove.pkl" in result.output
+
+
+def test_vocabulary_found_in_a_moved_training_folder(tmp_path, monkeypatch):
+    """`cp -r runs/demo X && cd X && cnm-export model-best.pt`: the vocabulary kept in training's own output
+    folder travels with it."""
+    import torch
+
+    trained = tmp_path / "runs" / "demo"
+    (trained / "data").mkdir(parents=True)
+    write_glove(trained / "data" / "glove.pkl", [f"w{i}" for i in range(40)])
+    checkpoint = write_checkpoint(trained / "model-best.pt", vocab_size=40)
+    raw = torch.load(checkpoint, weights_only=True)
+    raw["config"]["dataset"]["vocab_path"] = "runs/demo/data/glove.pkl"
+    raw["config"]["train"]["model_saved_path"] = "runs/demo"
+    torch.save(raw, checkpoint)
+    moved = tmp_path / "X"
+    shutil.copytree(trained, moved)
+    shutil.rmtree(tmp_path / "runs")
+    monkeypatch.chdir(moved)
+    result = CliRunner().invoke(cli.main, ["model-best.pt", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert (moved / "model-best.onnx").is_file()
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("open('RAN', 'w').write('code ran')",))
+
+
+@pytest.mark.parametrize("content", [
+    {"num_updates": 1, "config": _RunsCode(), "model_parameters": {}},  # loading it would run code
+    b"not a checkpoint at all",
+    [1, 2, 3],
+    {"num_updates": 1, "config": "a string", "model_parameters": {}},
+])
+def test_a_file_that_is_not_a_cnm_checkpoint_is_one_clear_line(tmp_path, monkeypatch, content):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "crafted.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    result = CliRunner().invoke(cli.main, [str(path), "--vocab", str(write_glove(tmp_path / "g.pkl", ["a"]))])
+    assert result.exit_code != 0 and "not a CNM checkpoint" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "RAN").exists()

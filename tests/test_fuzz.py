@@ -38,10 +38,11 @@ PATHOLOGICAL = {
     "deep_list": (b"[" * 100_000, "malformed_json"),
     "deep_object": (b'{"a": ' * 100_000, "malformed_json"),
     "5000_digits": (b'{"video": "v1", "query": "person", "duration": ' + b"9" * 5000 + b"}", "malformed_json"),
-    "int_beyond_float": (b'{"video": "v1", "query": "person", "duration": ' + b"9" * 400 + b"}", "bad_field"),
+    "int_beyond_float": (b'{"video": "v1", "query": "person", "duration": ' + b"9" * 400 + b"}", "bad_duration"),
     "timestamp_beyond_float": (b'{"video": "v1", "query": "person", "timestamps": [1, ' + b"9" * 400 + b"]}",
                                "bad_field"),
-    "1e999": (b'{"video": "v1", "query": "person", "duration": 1e999}', "bad_field"),
+    "1e999": (b'{"video": "v1", "query": "person", "duration": 1e999}', "bad_duration"),
+    "timestamp_1e999": (b'{"video": "v1", "query": "person", "timestamps": [0, 1e999]}', "bad_field"),
     "nan": (b'{"video": "v1", "query": "person", "duration": NaN}', "malformed_json"),
     "infinity_anywhere": (b'{"video": "v1", "query": "person", "extra": -Infinity}', "malformed_json"),
     "raw_nul": (b'{"video": "v1", "query": "person\x00"}', "malformed_json"),
@@ -60,8 +61,7 @@ def test_a_pathological_line_is_an_error_record(tmp_path, line, code):
     first, bad, last = read_queries(path)
     assert isinstance(first, Query) and isinstance(last, Query) and (first.line, last.line) == (1, 3)
     assert (bad.code, bad.line) == (code, 2) and bad.message.startswith("line 2: ")
-    # the line's default qid, or none where the line's own is not a valid one
-    assert bad.qid in (1, None) and not isinstance(bad.qid, bool)
+    assert bad.qid is None  # a line that is no valid query claims no qid
     assert_writable(bad)
     assert count_queries(path) == 3
 
@@ -86,9 +86,11 @@ def test_a_byte_order_mark_starts_a_file_or_an_annotation_list(tmp_path):
 
 @pytest.mark.parametrize("document, codes", [
     (b'[["v1", 30, [1, 4], "person sits."], ["v1", 1' + b"0" * 400 + b', [1, 4], "person sits."]]',
-     [None, "malformed_entry"]),
+     [None, "bad_duration"]),
     (b'[["v1", 30, [1, 4], "person sits."], ' + b"[" * 500 + b"]" * 500 + b"]", [None, "malformed_entry"]),
-    (b'[["v1", 30, [1, 4], "person sits."], "entry", null]', [None, "not_an_object", "not_an_object"]),
+    (b'[["v1", 30, [1, 4], "person sits."], "entry", null, {"video": "v1", "query": "person sits."}]',
+     [None, "malformed_entry", "malformed_entry", "malformed_entry"]),
+    # not one JSON array: JSON lines, here of one line
     (b'[["v1", 30, [1, 4], "person \xff sits."]]', ["bad_encoding"]),
     (b'[["v1", 30, [1, 4], "person sits."], NaN]', ["malformed_json"]),
     (b"[" * 100_000, ["malformed_json"]),
@@ -174,7 +176,7 @@ def test_mutated_queries_files_account_for_every_line(tmp_path, seed):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_mutated_annotation_lists_give_every_entry_or_one_error(tmp_path, seed):
+def test_mutated_annotation_lists_give_every_entry_or_every_line(tmp_path, seed):
     rng = random.Random(seed)
     entries = [["v1", 30.0, [1.0, 4.0], "person opens the door."], ["v2", 12.5, [0, 3], "person sits."]] * 5
     document = json.dumps(entries).encode()
@@ -184,8 +186,8 @@ def test_mutated_annotation_lists_give_every_entry_or_one_error(tmp_path, seed):
         path.write_bytes(mutated)
         results = list(read_queries(path))  # read_lines, each line parsed
         assert count_queries(path) == len(results)
-        unreadable = len(results) == 1 and isinstance(results[0], QueryError) and results[0].qid is None
-        assert unreadable or [result.line for result in results] == list(range(1, len(results) + 1))
+        # one array: every entry; otherwise JSON lines: every non-blank line
+        assert [result.line for result in results] in (list(range(1, len(results) + 1)), expected_lines(mutated))
         for result in results:
             assert_writable(result)
 

@@ -1,6 +1,8 @@
 """cnm_runtime (and its CLI) must import in a process where importing torch fails."""
 from __future__ import annotations
 
+import ast
+import functools
 import subprocess
 import sys
 import textwrap
@@ -23,3 +25,38 @@ def test_runtime_imports_without_torch():
     result = subprocess.run([sys.executable, "-c", IMPORT_EVERY_RUNTIME_MODULE], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def _runtime_imports() -> dict[str, set[str]]:
+    """Each cnm_runtime module -> the cnm_runtime modules it imports, anywhere in it but under TYPE_CHECKING."""
+    root = REPO / "cnm_runtime"
+    names = {".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+             for path in root.rglob("*.py")}
+    imports: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        module = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        tree = ast.parse(path.read_text())
+        skipped = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and ast.unparse(block.test) == "TYPE_CHECKING" for node in ast.walk(block)}
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cnm_runtime"):
+                found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names} & names
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names} & names
+        imports[module] = (found & names) - {module}
+    return imports
+
+
+def test_the_longest_chain_of_imports_in_the_runtime_is_at_most_eight_modules():
+    imports = _runtime_imports()
+
+    @functools.cache
+    def longest(module: str) -> tuple[str, ...]:
+        return max(((module, *longest(other)) for other in imports[module]), key=len, default=(module,))
+
+    chain = max((longest(module) for module in imports), key=len)
+    assert len(chain) <= 8, " -> ".join(chain)
+    assert not any("scaleout" in module for module in longest("cnm_runtime.grounder"))  # beside, not under

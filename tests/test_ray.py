@@ -5,16 +5,23 @@ Ray starts once for the session (2 CPUs); a run in a subprocess joins it by its 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cnm_runtime.provenance import ProvenanceMismatch
-
+from conftest import REPO
 from test_run import archive, good_records, tiny_model, write_lines  # noqa: F401 (fixtures)
 from test_run_cli import BAD_LINES, cnm_run, finished
 from cnm_runtime.options import RunOptions
+from cnm_runtime.provenance import ProvenanceMismatch
+from cnm_runtime.queries import read_lines
 from cnm_runtime.run_files import RunFiles
 from cnm_runtime.scaleout.shard_files import ShardFiles
 from cnm_runtime.scaleout.shards import plan_shards
@@ -67,7 +74,7 @@ def mixed_lines() -> list:
 def test_shards_carry_the_qids_that_earlier_shards_claimed(tmp_path):
     queries = write_lines(tmp_path / "q.jsonl", [{"qid": qid, "video": "v0", "query": "person sits"}
                                                  for qid in ("a", "b", "c", "a", 1, "1", "b", 1, "x", "x")])
-    shards = list(plan_shards(queries, 3))
+    shards = list(plan_shards(read_lines(queries), 3))
     assert [[entry.line for entry in shard.entries] for shard in shards] == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
     assert [set(shard.claimed) for shard in shards] == [set(), {(True, "a")}, {(True, "b"), (False, 1)}, {(True, "x")}]
 
@@ -127,7 +134,7 @@ def test_bad_lines_give_the_local_runs_error_records(local_and_ray):
     assert errors == file_records(folder / "local-errors.jsonl")
     codes = [error["code"] for error in errors]
     assert {code for _, code in BAD_LINES} <= set(codes) and codes.count("duplicate_qid") == 3
-    assert errors[0]["qid"] == 1 and errors[0]["code"] == "malformed_json"  # line 2: its default qid
+    assert errors[0]["qid"] is None and errors[0]["code"] == "malformed_json"  # line 2 claims no qid
 
 
 def test_metrics_equal_the_local_runs(local_and_ray):
@@ -139,7 +146,7 @@ def test_metrics_equal_the_local_runs(local_and_ray):
 
 
 def test_the_python_api_gives_the_same_records(local_and_ray, tiny_model, archive):
-    from cnm_runtime.scaleout import ground_dataset, queries_dataset
+    from cnm_runtime.scaleout.dataset import ground_dataset, queries_dataset
 
     folder, _ = local_and_ray
     dataset = ground_dataset(queries_dataset(folder / "q.jsonl", shard_size=BATCH), tiny_model, archive,
@@ -188,3 +195,129 @@ def test_another_queries_file_into_the_same_folder_is_refused(ray_address, tiny_
     assert finished(cnm_run(*args, "--queries", first))[0] == 0
     code, _, err = finished(cnm_run(*args, "--queries", second))
     assert code == 2 and "other inputs (queries_sha256" in err and "Traceback" not in err
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp* writes them) of the TCP sockets that ``pids`` listen on."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                found.append(fields[1].split(":")[0])
+    return found
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        found.add(current := todo.pop())
+        todo += children.get(current, [])
+    return found
+
+
+# 127.0.0.1, ::ffff:127.0.0.1 and ::1 as /proc/net/tcp* write them (32-bit words in host order)
+LOOPBACK_HEX = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from /proc")
+def test_a_ray_that_cnm_run_starts_listens_on_the_loopback_interface_only(tmp_path):
+    pytest.importorskip("ray")
+    script = textwrap.dedent("""
+        import json, os, sys
+        sys.path.insert(0, os.getcwd())
+        from cnm_runtime.scaleout.job import _start_ray
+        from test_ray import _descendants, _listening
+        _start_ray(None)
+        import ray
+        print(json.dumps(_listening(_descendants(os.getpid()))))
+        ray.shutdown()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).parent, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    addresses = json.loads(result.stdout.splitlines()[-1])
+    assert addresses and set(addresses) <= LOOPBACK_HEX, addresses  # the GCS, raylet, workers...
+
+
+def test_every_flag_that_changes_records_reaches_the_actors(ray_address, tiny_model, tmp_path):
+    """--refuse-outside-links: the Ray engine's records equal the local run's with it (and differ without)."""
+    import h5py
+
+    (tmp_path / "inside").mkdir()
+    (tmp_path / "outside").mkdir()
+    features = np.maximum(np.random.default_rng(0).standard_normal((30, 1024)), 0).astype(np.float32)
+    with h5py.File(tmp_path / "outside" / "far.h5", "w") as far:
+        far["v"] = features
+    archive = tmp_path / "inside" / "archive.hdf5"
+    with h5py.File(archive, "w") as out:
+        out["near"] = features
+        out["linked"] = h5py.ExternalLink("../outside/far.h5", "v")
+    queries = write_lines(tmp_path / "q.jsonl", [{"video": video, "query": "person sits"}
+                                                 for video in ("near", "linked", "near", "linked")])
+    common = ("--model", tiny_model, "--features", archive, "--queries", queries, "--batch-size", BATCH,
+              "--provider", "cpu", "--max-errors", 10)
+    for flags in ((), ("--refuse-outside-links",)):
+        local = tmp_path / f"local{len(flags)}.jsonl"
+        code, _, err = finished(cnm_run(*common, *flags, "-o", local, "--errors", tmp_path / f"e{len(flags)}.jsonl"))
+        assert code == 0, err
+        out = tmp_path / f"ray{len(flags)}"
+        code, _, err = finished(cnm_run("--engine", "ray", "--address", ray_address, "--actors", 1, *common, *flags,
+                                        "-o", out))
+        assert code == 0, err
+        assert shard_records(out, "predictions") == file_records(local)
+        assert shard_records(out, "errors") == file_records(tmp_path / f"e{len(flags)}.jsonl")
+    assert len(file_records(tmp_path / "local0.jsonl")) == 4 and len(file_records(tmp_path / "local1.jsonl")) == 2
+
+
+def test_a_rerun_with_another_model_is_refused(ray_address, tiny_model, archive, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    other = tmp_path / "other.onnx"
+    proto = onnx.load(tiny_model)
+    proto.metadata_props.add(key="note", value="another export")
+    onnx.save(proto, other)
+    queries = write_lines(tmp_path / "q.jsonl", good_records(6))
+    args = ("--engine", "ray", "--address", ray_address, "--features", archive, "--queries", queries,
+            "-o", tmp_path / "out", "--batch-size", BATCH, "--provider", "cpu", "--actors", 1)
+    assert finished(cnm_run(*args, "--model", tiny_model))[0] == 0
+    code, _, err = finished(cnm_run(*args, "--model", other))
+    assert code == 2 and "model_sha256" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("number, local_ray", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)])
+def test_a_signal_ends_a_ray_run_with_its_status(ray_address, tiny_model, archive, tmp_path, number, local_ray):
+    """Ctrl-C or SIGTERM while the driver grounds (joined to a cluster, or with a Ray of its own): 128 + the
+    signal, never a crash; the same command then finishes the folder."""
+    queries = write_lines(tmp_path / "q.jsonl", good_records(2000))
+    out = tmp_path / "out"
+    args = ("--engine", "ray", "--model", tiny_model, "--features", archive, "--queries", queries, "-o", out,
+            "--batch-size", 1, "--shard-batches", 1, "--provider", "cpu", "--actors", 1)
+    address = () if local_ray else ("--address", ray_address)
+    driver = cnm_run(*args, *address)
+    while not list(out.glob("predictions-*.jsonl")):
+        if driver.poll() is not None:
+            pytest.fail(f"the run ended before writing a shard: {finished(driver)[2]}")
+        time.sleep(0.01)
+    driver.send_signal(number)
+    code, _, err = finished(driver)
+    assert code == 128 + number, err
+    assert not any(crash in err for crash in ("Traceback", "Segmentation", "core dumped", "terminate called"))
+    code, _, err = finished(cnm_run(*args, "--address", ray_address))
+    assert code == 0, err
+    assert [r["qid"] for r in shard_records(out, "predictions")] == [f"q{i}" for i in range(2000)]

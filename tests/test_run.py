@@ -13,14 +13,13 @@ import h5py
 import numpy as np
 import pytest
 
+from cnm_runtime import session as session_module
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.batch import Batch
 from cnm_runtime.errors import InputError
 from cnm_runtime.grounder import Grounder, ground
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import Prediction, QueryError
-from cnm_runtime.queries import Query, count_queries, read_queries
-from cnm_runtime import session as session_module
 from cnm_runtime.report import RunTally
 from cnm_runtime.run_files import JsonLines, LockedFile, read_back, write_json_atomic
 from cnm_runtime.session import PROVIDERS, ModelSession, cuda_devices, provider_chain
@@ -119,52 +118,6 @@ def ground_all(grounder: Grounder, archive: Path, queries) -> tuple[list[dict], 
         else:
             errors.append(result)
     return predictions, errors
-
-
-# --- queries ---------------------------------------------------------------------------------------
-
-def test_json_lines_default_qids_and_fields(tmp_path):
-    path = write_lines(tmp_path / "q.jsonl", [
-        {"video": "a", "query": "person opens the door"},
-        "",
-        {"video": "b", "query": "x", "qid": "mine", "duration": 12, "timestamps": [1, 2.5]},
-    ])
-    first, second = read_queries(path)
-    assert (first.qid, first.line, first.duration, first.timestamps) == (0, 1, None, None)
-    assert (second.qid, second.line, second.duration, second.timestamps) == ("mine", 3, 12.0, (1.0, 2.5))
-    assert count_queries(path) == 2
-
-
-@pytest.mark.parametrize("line, code", [
-    ('{"video": "a", "query": ', "malformed_json"),
-    ('["a", "b"]', "not_an_object"),
-    ('{"query": "person"}', "missing_field"),
-    ('{"video": "a"}', "missing_field"),
-    ('{"video": 3, "query": "person"}', "bad_field"),
-    ('{"video": "a", "query": "person", "qid": 1.5}', "bad_field"),
-    ('{"video": "a", "query": "person", "duration": "long"}', "bad_field"),
-    ('{"video": "a", "query": "person", "duration": 0}', "bad_duration"),
-    ('{"video": "a", "query": "person", "duration": -4.0}', "bad_duration"),
-    ('{"video": "a", "query": "person", "timestamps": [3]}', "bad_field"),
-    ('{"video": "a", "query": "person", "timestamps": [5, 2]}', "bad_field"),
-])
-def test_bad_lines_become_error_records(tmp_path, line, code):
-    path = write_lines(tmp_path / "q.jsonl", [{"video": "a", "query": "fine"}, line])
-    good, bad = read_queries(path)
-    assert isinstance(good, Query) and isinstance(bad, QueryError)
-    assert (bad.code, bad.line) == (code, 2)
-    assert "line 2" in bad.message
-
-
-def test_original_annotation_list(tmp_path):
-    path = tmp_path / "test.json"
-    path.write_text(json.dumps([["3MSZA", 30.96, [24.3, 30.4], "person turn a light on."], ["X", 8, "broken"],
-                                ["Y", 0, [1, 2], "person sits."]]))
-    first, broken, zero = read_queries(path)
-    assert first == Query(1, 0, "3MSZA", "person turn a light on.", 30.96, (24.3, 30.4))
-    assert (broken.qid, broken.code) == (1, "malformed_entry")
-    assert (zero.qid, zero.code) == (2, "bad_duration")
-    assert count_queries(path) == 3
 
 
 # --- archives --------------------------------------------------------------------------------------

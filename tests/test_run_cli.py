@@ -67,7 +67,7 @@ def test_golden_reproduced_without_torch(golden_dir, tmp_path):
     assert metrics["provider"] in err and "queries/s" in err
 
 
-# Every kind of bad line, with the code it must produce. Lines without a usable qid get their line number.
+# Every kind of bad line, with the code it must produce. Only a line that is a valid query claims its qid.
 BAD_LINES = [
     ('{"video": "v0", "query": "person', "malformed_json"),
     ('[1, 2]', "not_an_object"),
@@ -103,7 +103,7 @@ def test_bad_lines_are_recorded_and_good_lines_unchanged(tiny_model, archive, tm
     assert read_lines(tmp_path / "pred.jsonl") == clean
     errors = read_lines(tmp_path / "errors.jsonl")
     assert [(e["line"], e["code"]) for e in errors] == expected_errors
-    assert [e["qid"] for e in errors[:2]] == [1, 3]  # malformed lines: their 0-based line number
+    assert [e["qid"] for e in errors[:5]] == [None, None, None, None, "b_unknown"]  # only valid queries claim
     assert all(e["message"] for e in errors)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert (metrics["queries"], metrics["predicted"], metrics["errors"]) == (28, 14, 14)

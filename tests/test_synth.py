@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cnm_runtime.annotations import Annotation, load_annotations
+from cnm_runtime.annotations import load_annotations
 from cnm_runtime.archive import FeatureArchive
+from cnm_runtime.datasets.cli import main as synth_main
 from cnm_runtime.datasets.convert import convert_npy_folder
 from cnm_runtime.datasets.convert import main as convert_main
 from cnm_runtime.datasets.default import DEFAULT_RECIPE, make_default_dataset
 from cnm_runtime.datasets.synth import I3D_LIKE, SentenceSignal, moment_rows, synthesize_archive
-from cnm_runtime.datasets.cli import main as synth_main
+from cnm_runtime.fields import Annotation
 from cnm_runtime.text import Vocabulary, load_glove
 from conftest import write_glove
 

@@ -13,15 +13,15 @@ h5py = pytest.importorskip("h5py")
 
 from conftest import write_glove  # noqa: E402
 
-from cnm_runtime.annotations import Annotation  # noqa: E402
+from cnm_runtime.fields import Annotation  # noqa: E402
 from cnm_runtime.text import Vocabulary, load_glove  # noqa: E402
+from cnm_train import masking  # noqa: E402
+from cnm_train.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from cnm_train.config import inject_model_keys, load_config  # noqa: E402
 from cnm_train.data import GroundingDataset, holdout_by_video, prepare_samples  # noqa: E402
 from cnm_train.losses import ivc_loss, query_nll, rec_loss, reconstruction_mask  # noqa: E402
-from cnm_train import masking  # noqa: E402
 from cnm_train.masking import CLOSED_CLASS_LIST, mask_probabilities, sample_masked_slots, word_weights  # noqa: E402
 from cnm_train.optim import InverseSqrtSchedule, phase_optimizers  # noqa: E402
-from cnm_train.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from cnm_train.trainer import RunOptions, fit, restore, train_step  # noqa: E402
 
 WORDS = ["person", "the", "a", "door", "opens", "closes", "cup", "holds", "book", "in", "kitchen", "takes"]
@@ -268,3 +268,17 @@ def test_our_checkpoint_has_the_original_layout(tiny, tmp_path, golden_dir):
     assert ours["config"]["train"]["word_mask_weights"] in ("nltk_pos_tag", CLOSED_CLASS_LIST)
     model = build_model(inject_model_keys(ours["config"], len(WORDS) + 1))
     model.load_state_dict(ours["model_parameters"], strict=True)
+
+
+def test_an_undefined_validation_miou_never_picks_the_best_epoch(tmp_path):
+    """An epoch whose validation has no query to score (mIoU None) is kept only while none scored."""
+    from cnm_runtime.spans import METRIC_NAMES
+    from cnm_train.trainer import TrainState, format_table, keep_if_best
+
+    state = TrainState()
+    for epoch, miou in enumerate([None, 0.3, None, 0.2]):
+        path = tmp_path / f"model-{epoch}.pt"
+        path.write_bytes(b"%d" % epoch)
+        keep_if_best({"epoch": epoch, "val": {"mIoU": miou}}, path, state)
+    assert state.best_epoch == 1 and (tmp_path / "model-best.pt").read_bytes() == b"1"
+    assert format_table({"val": dict.fromkeys(METRIC_NAMES)}).splitlines()[-1] == "| val | - | - | - | - | - | - |"

@@ -18,10 +18,11 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from cnm_runtime.annotations import Annotation, load_annotations
+from cnm_runtime.annotations import load_annotations
+from cnm_runtime.datasets.dataset_files import ArchiveWriter, write_queries
 from cnm_runtime.errors import InputError
 from cnm_runtime.features import validate_features
-from cnm_runtime.datasets.dataset_files import ArchiveWriter, write_queries
+from cnm_runtime.fields import Annotation
 
 
 @dataclass(frozen=True)

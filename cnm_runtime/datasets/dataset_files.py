@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import h5py
 import numpy as np
 
-from cnm_runtime.annotations import Annotation
+from cnm_runtime.fields import Annotation
 
 # Uncompressed: these features are mostly noise and barely compress (lzf saves a few percent, gzip
 # a little more) while reading thousands of videos gets slower; see data/README.md for the figures.

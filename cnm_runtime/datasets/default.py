@@ -25,9 +25,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cnm_runtime.annotations import Annotation
 from cnm_runtime.datasets.dataset_files import write_annotations, write_queries
 from cnm_runtime.datasets.synth import DEFAULT_DATASET_STREAM, Recipe, SynthInfo, synthesize_archive
+from cnm_runtime.fields import Annotation
 from cnm_runtime.text import tokenize
 
 VERBS = ("opens", "closes", "holds", "takes", "puts", "washes", "throws", "fixes", "eats", "drinks",

@@ -27,9 +27,9 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from cnm_runtime.annotations import Annotation
-from cnm_runtime.text import Vocabulary, is_content_word, tokenize
 from cnm_runtime.datasets.dataset_files import ArchiveWriter
+from cnm_runtime.fields import Annotation
+from cnm_runtime.text import Vocabulary, is_content_word, tokenize
 
 GENERATOR = "cnm_runtime.datasets.synth"
 GENERATOR_VERSION = 3  # bump whenever the same inputs give different features

@@ -2,7 +2,7 @@
 
     import ray
     from cnm_runtime.options import RunOptions
-    from cnm_runtime.scaleout import ground_dataset, queries_dataset
+    from cnm_runtime.scaleout.dataset import ground_dataset, queries_dataset
 
     ray.init()  # or ray.init(address="auto") on a node of a cluster
     records = ground_dataset(queries_dataset("queries.jsonl"), "model.onnx", "/shared/archive.hdf5",
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from cnm_runtime.feed import Feed
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import Prediction, QueryError
+from cnm_runtime.queries import read_lines
 from cnm_runtime.scaleout.shards import Shard, plan_shards
 from cnm_runtime.session import ModelSession
 
@@ -95,7 +96,7 @@ def shards_dataset(rows: list[dict[str, Any]]) -> "ray.data.Dataset":
 def queries_dataset(path: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> "ray.data.Dataset":
     """The queries file ``path`` as a dataset of shards of ``shard_size`` queries (a multiple of the batch
     size, for the local run's very batches). Reads and parses the whole file now, on this machine."""
-    return shards_dataset([shard_row(shard) for shard in plan_shards(path, shard_size)])
+    return shards_dataset([shard_row(shard) for shard in plan_shards(read_lines(path), shard_size)])
 
 
 def actor_resources(options: RunOptions, actors: int) -> tuple[int, float, float]:

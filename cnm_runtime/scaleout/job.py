@@ -16,6 +16,7 @@ import secrets
 import sys
 import time
 from collections import defaultdict
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,10 @@ from tqdm import tqdm
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import QueryError
 from cnm_runtime.provenance import provenance
-from cnm_runtime.queries import scan_queries
+from cnm_runtime.queries import QueriesFile
 from cnm_runtime.report import RunTally
 from cnm_runtime.run_files import RunFiles, write_json_atomic
-from cnm_runtime.scaleout.dataset import ground_dataset, shard_row, shards_dataset
+from cnm_runtime.scaleout.dataset import OUTPUT_COLUMNS, ground_dataset, shard_row, shards_dataset
 from cnm_runtime.scaleout.shard_files import METRICS, ShardFiles
 from cnm_runtime.scaleout.shards import plan_shards
 from cnm_runtime.stop import StopSignals
@@ -52,7 +53,8 @@ def run_ray(files: RunFiles, options: RunOptions, ray_options: RayOptions, stop:
 
     started = time.perf_counter()
     shard_size = ray_options.shard_batches * options.batch_size
-    count, queries_sha256 = scan_queries(files.queries)
+    queries = QueriesFile(files.queries)
+    count, queries_sha256 = queries.scan()
     if queries_sha256 is None:
         raise ValueError(f"--engine ray needs a queries file it can read twice; {files.queries} is not one")
     shards = math.ceil(count / shard_size)
@@ -61,10 +63,11 @@ def run_ray(files: RunFiles, options: RunOptions, ray_options: RayOptions, stop:
         started_ray = not ray.is_initialized()
         if started_ray:
             _start_ray(ray_options.address)
+            stop.take_back()
         try:
-            tally, providers = _ground(files, options, ray_options, folder, shard_size, stop)
+            tally, providers = _ground(files, queries, options, ray_options, folder, shard_size, stop)
         finally:
-            if started_ray:
+            if started_ray and not stop.requested:  # a stopped run leaves Ray as it is (cnm_runtime.cli._leave)
                 ray.shutdown()
         metrics = tally.metrics(",".join(sorted(providers)) or "none", time.perf_counter() - started)
         write_json_atomic(files.output / METRICS, metrics)
@@ -107,12 +110,12 @@ def loopback_only() -> None:
     constants.ENABLE_RAY_CLUSTER = False
 
 
-def _ground(files: RunFiles, options: RunOptions, ray_options: RayOptions, folder: ShardFiles, shard_size: int,
-            stop: StopSignals) -> tuple[RunTally, set[str]]:
+def _ground(files: RunFiles, queries: QueriesFile, options: RunOptions, ray_options: RayOptions, folder: ShardFiles,
+            shard_size: int, stop: StopSignals) -> tuple[RunTally, set[str]]:
     tally = RunTally()
     sizes: dict[int, int] = {}  # queries in each shard to ground now
     rows = []
-    for shard in plan_shards(files.queries, shard_size):
+    for shard in plan_shards(queries.entries(), shard_size):
         if not _resumed(folder, shard.index, tally):
             sizes[shard.index] = len(shard)
             rows.append(shard_row(shard))
@@ -124,9 +127,12 @@ def _ground(files: RunFiles, options: RunOptions, ray_options: RayOptions, folde
     dataset = ground_dataset(shards_dataset(rows), files.model, files.features, options, ray_options.actors)
     arrived: dict[int, list[tuple[int, str, str]]] = defaultdict(list)  # (line, kind, record) by shard
     stop.grounding()
-    with tqdm(total=sum(sizes.values()), unit="query", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            columns = (batch[name].tolist() for name in ("shard", "line", "kind", "record", "provider"))
+    # closed before Ray shuts down, stopped early or not: Ray Data's threads must not outlive the connection
+    batches = closing(iter(dataset.iter_batches(batch_size=None, batch_format="numpy")))
+    with batches as arriving, tqdm(total=sum(sizes.values()), unit="query", file=sys.stderr, disable=None,
+                                   dynamic_ncols=True) as bar:
+        for batch in arriving:
+            columns = (batch[name].tolist() for name in OUTPUT_COLUMNS)
             for shard, line, kind, record, provider in zip(*columns):
                 arrived[shard].append((line, kind, record))
                 providers.add(provider)

@@ -1,6 +1,6 @@
 """A queries file cut into shards that workers ground independently, each giving what the local run gives.
 
-One streaming pass over the file (``plan_shards``) reads the entries with ``queries.read_lines`` and
+One streaming pass over the file's entries (``plan_shards``) reads them (``queries.QueriesFile``) and
 parses each with ``queries.parse``, exactly as the local run does, and cuts them into shards of
 ``shard_size`` consecutive entries. A shard holds its parsed entries and ``claimed``: the qid keys of its
 entries that an entry of an earlier shard already had. ``Chunk.results`` started with that set gives every
@@ -13,11 +13,10 @@ batches the model sees, and the records, are the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from cnm_runtime.outcomes import QueryError
-from cnm_runtime.queries import QidKey, Query, QueryLine, parse, qid_key, read_lines
+from cnm_runtime.queries import QidKey, Query, QueryLine, parse, qid_key
 
 
 @dataclass(frozen=True)
@@ -30,26 +29,27 @@ class Shard:
         return len(self.entries)
 
 
-def plan_shards(path: str | Path, shard_size: int) -> Iterator[Shard]:
-    """The shards of the queries file ``path``, in order; memory holds one shard and the set of qids seen."""
+def plan_shards(entries: Iterable[QueryLine | QueryError], shard_size: int) -> Iterator[Shard]:
+    """The shards of a queries file's ``entries`` (``QueriesFile.entries``), in order; memory holds one shard
+    and the set of qids seen."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
     seen: set[QidKey] = set()  # qid keys of the shards before the current one
-    entries: list[Query | QueryError] = []
+    parsed: list[Query | QueryError] = []
     keys: set[QidKey] = set()  # qid keys of the current shard
     claimed: set[QidKey] = set()
     index = 0
-    for item in read_lines(path):
+    for item in entries:
         entry = parse(item) if isinstance(item, QueryLine) else item
         if entry.qid is not None:
             key = qid_key(entry.qid)
             if key in seen:
                 claimed.add(key)
             keys.add(key)
-        entries.append(entry)
-        if len(entries) == shard_size:
-            yield Shard(index, tuple(entries), frozenset(claimed))
+        parsed.append(entry)
+        if len(parsed) == shard_size:
+            yield Shard(index, tuple(parsed), frozenset(claimed))
             seen |= keys
-            entries, keys, claimed, index = [], set(), set(), index + 1
-    if entries:
-        yield Shard(index, tuple(entries), frozenset(claimed))
+            parsed, keys, claimed, index = [], set(), set(), index + 1
+    if parsed:
+        yield Shard(index, tuple(parsed), frozenset(claimed))
