@@ -29,8 +29,8 @@ ERROR_CODES: dict[str, str] = {
                  "masked array); only integers and 16-, 32- or 64-bit floats are features",
     "incomplete_video": "part of the video's features was never written (chunks missing, no storage, an "
                         "external raw file too short): HDF5 would give fill values for it",
-    "video_too_large": "the video's stored features are larger than the cap on one video "
-                       "(cnm_runtime.archive.ArchiveOptions.max_video_bytes); it is not read",
+    "video_too_large": "the video's stored features are larger than the cap on one video (cnm-run "
+                       "--max-video-mb, ArchiveOptions.max_video_bytes); it is not read",
     "not_2d": "the video's features are not a 2-D array",
     "no_rows": "the video's features have no rows",
     "wrong_width": "the video's features are not as wide as the model expects",

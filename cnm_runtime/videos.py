@@ -16,8 +16,8 @@ from cnm_runtime.outcomes import contained
 
 def load_clips(archive: FeatureArchive, video: str, frame_dim: int, num_clips: int) -> Clips:
     """Validated, resampled features of ``video``; InputError names the video otherwise."""
-    raw, duration = archive.load(video)
-    return to_clips(raw, num_clips, frame_dim, video, duration)
+    stored = archive.load(video)
+    return to_clips(stored.features, num_clips, frame_dim, video, stored.duration, stored.duration_error)
 
 
 class RecentVideos:
