@@ -215,12 +215,11 @@ class FeatureArchive:
         elif kind == h5py.h5l.TYPE_EXTERNAL:
             file_name, target = (os.fsdecode(part) for part in links.get_val(name))
             link = f"external link to {target!r} in {file_name!r}"
-            holder = self._find_file(file_name, group.holder, "HDF5_EXT_PREFIX", f"its {link}", video)
+            holder = self._find_file(file_name, group.holder, False, f"its {link}", video)
             if holder is None:
                 raise InputError("unreadable_video", f"video {video!r}: its {link} leads to no HDF5 file")
             self._check_inside(holder, f"its {link} leads to", video)
-            root = h5py.h5g.open(h5py.h5f.open(os.fsencode(holder), h5py.h5f.ACC_RDONLY), b"/")
-            reached = self._follow(_Found(root, holder), os.fsencode(target), video, depth + 1)
+            reached = self._follow(_open_root(holder), os.fsencode(target), video, depth + 1)
         else:
             raise InputError("unreadable_video", f"video {video!r}: a user-defined link on its way cannot be followed")
         if reached is None:
@@ -228,11 +227,11 @@ class FeatureArchive:
                                                  "leads to nothing that can be opened")
         return reached
 
-    def _find_file(self, name: str, holder: str, prefix_variable: str, how: str, video: str) -> str | None:
+    def _find_file(self, name: str, holder: str, virtual: bool, how: str, video: str) -> str | None:
         """The file HDF5 opens for ``name``, a file named in file ``holder`` by an external link or a virtual
         dataset; None where there is none. HDF5 tries each of ``_hdf5_candidates`` in turn until one opens as
         HDF5: each that exists is checked before that, since opening a FIFO blocks and a device may never end."""
-        for candidate in _hdf5_candidates(name, holder, prefix_variable):
+        for candidate in _hdf5_candidates(name, holder, virtual):
             try:
                 mode = os.stat(candidate).st_mode
             except OSError:  # missing or out of reach: HDF5 fails to open it too, and tries the next
@@ -331,13 +330,13 @@ class FeatureArchive:
             if name == ".":
                 root = _Found(h5py.h5g.open(dataset.node, b"/"), dataset.holder)
             else:
-                holder = self._find_file(name, dataset.holder, "HDF5_VDS_PREFIX",
+                holder = self._find_file(name, dataset.holder, True,
                                          f"the source file {name!r} of its virtual dataset", video)
                 if holder is None:
                     raise InputError("unreadable_video", f"video {video!r}: the source file {name!r} of its virtual "
                                                          "dataset is missing")
                 self._check_inside(holder, "its virtual dataset reads", video)
-                root = _Found(h5py.h5g.open(h5py.h5f.open(os.fsencode(holder), h5py.h5f.ACC_RDONLY), b"/"), holder)
+                root = _open_root(holder)
             source = self._follow(root, source_name, video, 0)
             if source is None or not isinstance(source.node, h5py.h5d.DatasetID):
                 raise InputError("unreadable_video", f"video {video!r}: the source {os.fsdecode(source_name)!r} in "
@@ -371,6 +370,11 @@ class FeatureArchive:
         if offset is None or not checked.stored.equal(_memory_type(values.dtype)):
             return False
         return os.preadv(self._fd, [values], offset) == values.nbytes
+
+
+def _open_root(path: str) -> _Found:
+    """The root group of the HDF5 file ``path``, opened read-only; the file closes with its last object."""
+    return _Found(h5py.h5g.open(h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY), b"/"), path)
 
 
 @functools.cache
@@ -416,29 +420,30 @@ def _type_name(stored: h5py.h5t.TypeID) -> str:
     return f"{name} (read as {dtype})"
 
 
-def _hdf5_candidates(name: str, holder: str, prefix_variable: str) -> Iterator[str]:
-    """Where HDF5 looks for the file ``name`` that file ``holder`` links to, in the order it tries them.
+def _hdf5_candidates(name: str, holder: str, virtual: bool) -> Iterator[str]:
+    """Where HDF5 looks for the file ``name`` that file ``holder`` links to (by an external link, or as the
+    source of a ``virtual`` dataset), in the order it tries them.
 
-    An absolute name first as it is; then the name (its last part, if absolute) under each folder of the
-    ``prefix_variable`` (``HDF5_EXT_PREFIX`` or ``HDF5_VDS_PREFIX``, folders separated by ':'), the whole
-    variable once more with a leading ``${ORIGIN}`` read as holder's folder (how virtual datasets read it),
-    holder's folder, the current folder, and the folder of the file that holder is a symbolic link to.
-    Trying one place more than HDF5 does is harmless: each is only looked at.
+    An absolute name first as it is; then the name (its last part, if absolute) under each folder of
+    HDF5_EXT_PREFIX or HDF5_VDS_PREFIX (folders separated by ':'); for a virtual source, the whole of
+    HDF5_VDS_PREFIX once more with a leading ``${ORIGIN}`` read as holder's folder; then holder's folder,
+    the current folder, and, where holder is a symbolic link, the folder of the file it leads to.
     """
     relative = name
     if os.path.isabs(name):
         yield name
         relative = os.path.basename(name)
     origin = os.path.dirname(holder)
-    prefixes = os.environ.get(prefix_variable, "")
+    prefixes = os.environ.get("HDF5_VDS_PREFIX" if virtual else "HDF5_EXT_PREFIX", "")
     for prefix in prefixes.split(":"):
         if prefix:
             yield os.path.join(prefix, relative)
-    if prefixes not in ("", "."):
+    if virtual and prefixes not in ("", "."):
         yield os.path.join(_origin_prefix(prefixes, origin), relative)
     yield os.path.join(origin, relative)
     yield relative
-    yield os.path.join(os.path.dirname(os.path.realpath(holder)), relative)
+    if os.path.islink(holder):
+        yield os.path.join(os.path.dirname(os.path.realpath(holder)), relative)
 
 
 def _origin_prefix(prefix: str, origin: str) -> str:
