@@ -20,6 +20,7 @@ import pytest
 
 from conftest import REPO
 from poison import KINDS, POISONS, write_poisoned
+from test_run import good_records, tiny_model, write_archive, write_lines  # noqa: F401  (tiny_model: a fixture)
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.errors import ERROR_CODES, InputError
 from cnm_runtime.features import to_clips
@@ -383,3 +384,46 @@ def test_each_poisoned_video_gives_its_code_and_the_good_video_its_values(tmp_pa
             assert outcomes[video][0] == "ok" and repr(video) in outcomes[video][3], video
         else:
             assert outcomes[video][0] == code and repr(video) in outcomes[video][1], video
+
+
+# --- a grounding run over a poisoned archive --------------------------------------------------------------
+
+GROUND_IN_CHILD = """
+import json, sys
+from pathlib import Path
+from cnm_runtime.grounder import Grounder
+model, archive, queries, feeders, out = sys.argv[1:]
+grounder = Grounder(model, batch_size=4, feeders=int(feeders))
+Path(out).write_text(json.dumps([result.record() for result in grounder.ground(archive, queries)]))
+"""
+
+
+def ground_in_child(model, archive, queries, feeders: int, out) -> list[dict]:
+    run_in_child(GROUND_IN_CHILD, str(model), str(archive), str(queries), str(feeders), str(out))
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("feeders", [0, 2], ids=["thread", "feed_processes"])
+def test_a_poisoned_archive_costs_only_its_bad_videos_queries(tiny_model, tmp_path, feeders):
+    """Each poisoned video's queries are its error records, a query with its own duration on a video whose
+    duration attribute is bad is predicted, and every other query is predicted as over the clean archive."""
+    clean, poisoned = write_archive(tmp_path / "clean.hdf5"), write_archive(tmp_path / "poisoned.hdf5")
+    codes = write_poisoned(poisoned, {f"bad_{kind}": kind for kind in KINDS}, rows=20)
+    good = good_records(24)
+    bad = [{"qid": f"{video}-{own}", "video": video, "query": "person sits", **({"duration": 30.0} if own else {})}
+           for video in codes for own in (False, True)]
+    mixed = [record for pair in zip(good, bad) for record in pair] + good[len(bad):] + bad[len(good):]
+    write_lines(tmp_path / "good.jsonl", good)
+    write_lines(tmp_path / "mixed.jsonl", mixed)
+    expected = ground_in_child(tiny_model, clean, tmp_path / "good.jsonl", 0, tmp_path / "clean.json")
+    results = ground_in_child(tiny_model, poisoned, tmp_path / "mixed.jsonl", feeders, tmp_path / "poisoned.json")
+    by_qid = {result["qid"]: result for result in results}
+    assert len(results) == len(mixed) == len(by_qid)
+    assert [by_qid[record["qid"]] for record in good] == expected
+    for video, code in codes.items():
+        without, own = by_qid[f"{video}-False"], by_qid[f"{video}-True"]
+        assert without.get("code") == code and repr(video) in without["message"], video
+        if code == "bad_duration":
+            assert "code" not in own and own["duration"] == 30.0, video
+        else:
+            assert own.get("code") == code, video
