@@ -30,9 +30,16 @@ ERROR_CODES: dict[str, str] = {
     # the video
     "unknown_video": "the archive has no such video",
     "unreadable_video": "the archive has the video but it cannot be read (damaged, a link leading nowhere, "
-                        "a missing source file)",
+                        "a missing source file, a link to a FIFO, device or socket, which is never opened)",
     "link_outside_archive": "outside links are refused and the video's values are in a file outside the "
                             "archive's folder",
+    "bad_dtype": "the video's features are not numbers: stored as strings, compounds, complex numbers, "
+                 "booleans, enums, references, opaque or other non-numeric values (or, in the Python API, a "
+                 "masked array); only integers and 16-, 32- or 64-bit floats are features",
+    "incomplete_video": "part of the video's features was never written (chunks missing, no storage, an "
+                        "external raw file too short): HDF5 would give fill values for it",
+    "video_too_large": "the video's stored features are larger than the cap on one video (cnm-run "
+                       "--max-video-mb, ArchiveOptions.max_video_bytes); it is not read",
     "not_2d": "the video's features are not a 2-D array",
     "no_rows": "the video's features have no rows",
     "wrong_width": "the video's features are not as wide as the model expects",

@@ -34,9 +34,29 @@ class Clips:
         np.take(self.source, self.rows, axis=0, out=out, mode="clip")
 
 
+def is_duration(value: object) -> bool:
+    """Whether ``value`` is a duration: one finite positive number of seconds (a bool is no number here)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
 def validate_features(features: np.ndarray, frame_dim: int | None, video: str) -> np.ndarray:
-    """Check a raw ``[L, D]`` array and return it as float32; InputError names the video otherwise."""
-    array = np.asarray(features)
+    """Check a raw ``[L, D]`` array and return it as float32; InputError names the video otherwise.
+
+    Only real numbers are features: integers and 16-, 32- or 64-bit floats (converted to float32). Anything
+    else would be coerced into numbers it does not hold (strings parsed, complex numbers cut to their real
+    part, booleans made 0 and 1) and is ``bad_dtype``, as is a masked array (its mask would be dropped).
+    """
+    if np.ma.isMaskedArray(features):
+        raise InputError("bad_dtype", f"video {video!r}: features are a masked array, whose masked values would be "
+                                      "read as numbers; fill them first (numpy.ma.filled)")
+    try:
+        array = np.asarray(features)
+    except (TypeError, ValueError) as error:  # ragged nested lists, objects that refuse to be arrays
+        raise InputError("not_2d", f"video {video!r}: features are not an array ({error})") from error
+    if not (array.dtype.kind in "iu" or (array.dtype.kind == "f" and array.dtype.itemsize in (2, 4, 8))):
+        raise InputError("bad_dtype", f"video {video!r}: features are {array.dtype} values, not integers or "
+                                      "16-, 32- or 64-bit floats")
     if array.ndim != 2:
         raise InputError("not_2d", f"video {video!r}: features must be 2-D [rows, dim], got shape {array.shape}")
     if array.shape[0] == 0:
@@ -84,13 +104,15 @@ def _clip_plan(num_rows: int, num_clips: int) -> tuple[np.ndarray, np.ndarray, i
 
 
 def to_clips(features: np.ndarray, num_clips: int, frame_dim: int | None, video: str,
-             duration: float | None = None) -> Clips:
+             duration: float | None = None, duration_error: str | None = None) -> Clips:
     """Raw ``[L, D]`` features, validated (InputError names ``video``) and resampled to ``num_clips``; a
-    ``duration`` that is not a finite positive number of seconds is kept as the clips' ``duration_error``."""
+    ``duration`` that is not a finite positive number of seconds is kept as the clips' ``duration_error``,
+    as is ``duration_error``, why the archive's duration attribute cannot be used."""
     source, rows = resample_rows(validate_features(features, frame_dim, video), num_clips)
-    if duration is not None and not (math.isfinite(duration) and duration > 0):
-        return Clips(source, rows, None, f"video {video!r} has duration {duration} in the archive")
-    return Clips(source, rows, duration)
+    if duration is not None and not is_duration(duration):
+        return Clips(source, rows, None, f"video {video!r}: its duration {duration!r} is not a finite positive "
+                                         "number of seconds")
+    return Clips(source, rows, None if duration is None else float(duration), duration_error)
 
 
 def resample_clips(features: np.ndarray, num_clips: int = 200) -> np.ndarray:

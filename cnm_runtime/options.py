@@ -24,6 +24,11 @@ class ArchiveOptions:
     follow_outside_links: bool = True
     max_video_bytes: int = DEFAULT_MAX_VIDEO_BYTES
 
+    def __post_init__(self) -> None:
+        if isinstance(self.max_video_bytes, bool) or not isinstance(self.max_video_bytes, int) \
+                or self.max_video_bytes < 1:
+            raise ValueError(f"max_video_bytes must be 1 or more, got {self.max_video_bytes!r}")
+
 
 @dataclass(frozen=True)
 class RunOptions:

@@ -7,17 +7,20 @@ queries gets that error without another read.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
-from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.errors import InputError
 from cnm_runtime.features import Clips, to_clips
 from cnm_runtime.outcomes import contained
 
+if TYPE_CHECKING:  # the caller opens the archive; this module only reads from it
+    from cnm_runtime.archive import FeatureArchive
+
 
 def load_clips(archive: FeatureArchive, video: str, frame_dim: int, num_clips: int) -> Clips:
     """Validated, resampled features of ``video``; InputError names the video otherwise."""
-    raw, duration = archive.load(video)
-    return to_clips(raw, num_clips, frame_dim, video, duration)
+    stored = archive.load(video)
+    return to_clips(stored.features, num_clips, frame_dim, video, stored.duration, stored.duration_error)
 
 
 class RecentVideos:

@@ -10,6 +10,7 @@ import pytest
 from cnm_runtime import archive as archive_module
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.errors import InputError
+from cnm_runtime.options import ArchiveOptions
 
 FEATURES = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
 
@@ -87,7 +88,7 @@ def test_every_way_to_reach_a_dataset_gives_h5pys_values(archive_path, video):
         node = plain[video]
         by_h5py = (node[C3D_DATASET] if isinstance(node, h5py.Group) else node)[()]
     with FeatureArchive(archive_path) as archive:
-        values, _ = archive.load(video)
+        values = archive.load(video).features
     np.testing.assert_array_equal(by_h5py, EXPECTED[video])
     assert values.dtype == by_h5py.dtype
     np.testing.assert_array_equal(values, by_h5py)
@@ -118,7 +119,7 @@ def test_a_nul_in_a_name_is_no_video(archive_path):
     ("dangling_soft_link", "soft link to '/nowhere'"),
     ("virtual_missing_file", "source file 'gone.h5' of its virtual dataset is missing"),
     ("virtual_missing_dataset", "source 'nope' in 'other.h5' of its virtual dataset is missing"),
-    ("external_raw_missing", "unable to open external raw data file"),
+    ("external_raw_missing", "gone.bin cannot be used"),
 ])
 def test_a_link_that_leads_nowhere_is_an_unreadable_video(tmp_path, video, reason):
     write_other(tmp_path / "other.h5")
@@ -171,11 +172,11 @@ def linked_both_ways(tmp_path):
 ])
 def test_links_outside_the_archives_folder_are_followed_or_refused(linked_both_ways, video, outside):
     with FeatureArchive(linked_both_ways) as archive:
-        values, _ = archive.load(video)
+        values = archive.load(video).features
     assert values.shape[1] == FEATURES.shape[1]
-    with FeatureArchive(linked_both_ways, follow_outside_links=False) as archive:
+    with FeatureArchive(linked_both_ways, ArchiveOptions(follow_outside_links=False)) as archive:
         if not outside:
-            np.testing.assert_array_equal(archive.load(video)[0], values)
+            np.testing.assert_array_equal(archive.load(video).features, values)
             return
         with pytest.raises(InputError) as caught:
             archive.load(video)
