@@ -3,6 +3,7 @@
 Predictions and errors are JSON lines, each written whole and flushed at once; ``read_back`` lets
 ``--resume`` continue a predictions file, cutting off a last line that a crash left half written.
 Files that must appear whole (metrics) go to a temporary file that is then renamed over the target.
+``exclusive_lock`` keeps a second run off an output that a first run is still writing.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, TextIO
 
@@ -79,3 +81,32 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+class OutputBusyError(RuntimeError):
+    """Another process holds the lock of the output this run would write."""
+
+
+@contextmanager
+def exclusive_lock(output: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``output`` (its ``<name>.lock`` file beside it) while the block runs;
+    OutputBusyError at once where another process holds it, never a wait.
+
+    The lock file is left in place: removing it would let a third run lock a new file while a second
+    still holds the removed one. The kernel releases the lock when the process ends, however it ends.
+    """
+    import fcntl  # POSIX only: imported here so that the rest of this module works everywhere
+
+    output = Path(output)
+    lock_path = output.with_name(output.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_path, "a")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputBusyError(f"another run is writing {output} (it holds {lock_path}); wait for it to "
+                                  "finish, or write to another output") from None
+        yield lock_path
+    finally:
+        handle.close()  # closing the file releases the lock
