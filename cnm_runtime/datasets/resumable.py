@@ -75,6 +75,8 @@ class ResumableArchive:
 
     def add(self, video: str, features: np.ndarray, duration: float | None) -> None:
         """Keep ``video``'s float32 ``[rows, dim]`` features: once this returns, a killed run keeps them."""
+        if not video or video == "." or "/" in video or "\x00" in video:
+            raise ValueError(f"{video!r} cannot be a video id: HDF5 would not read it as one top-level name")
         part = self.parts / _part_name(video)
         temporary = part.with_name(part.name + ".tmp")
         arrays = {"video": np.str_(video), "features": np.asarray(features, dtype=np.float32)}

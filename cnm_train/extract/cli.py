@@ -76,7 +76,7 @@ def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weight
          frames: int | None, max_duration: float, errors_path: Path | None, batch_size: int, workers: int | None,
          device: str, threads: int, max_errors: int) -> None:
     """Write CLIP features of VIDEOS (files or folders of videos) into the archive -o."""
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-features: %(message)s")
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-features: %(message)s", force=True)
     if fps is not None and frames is not None:
         raise click.UsageError("give --fps or --frames, not both")
     sampling = Sampling(fps=None if frames else (fps or DEFAULT_FPS), frames=frames, max_duration=max_duration)
