@@ -402,3 +402,57 @@ def test_features_match_the_clip_model_run_directly(tmp_path, tiny_clip, backbon
         expected = model(pixel_values=pixels).image_embeds.numpy()
     crops = np.stack([backbone.preprocessing.resize_and_crop(Image.fromarray(f)) for f in frames])
     np.testing.assert_allclose(backbone.embed(crops), expected, **DECODED_CLOSE)
+
+
+# --- end to end -----------------------------------------------------------------------------------
+
+def test_videos_to_features_to_training_to_onnx_to_grounding(tmp_path, tiny_clip):
+    """Synthetic videos -> cnm-features -> cnm-train (tiny) -> cnm-export -> cnm-run, each through its command."""
+    pytest.importorskip("onnx")
+    from test_train import SENTENCES, WORDS, tiny_config
+
+    from conftest import write_glove
+    from cnm_export.cli import main as export_main
+    from cnm_runtime.cli import main as run_main
+    from cnm_train.cli import main as train_main
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    annotations = {"train": [], "test": []}
+    for v in range(8):
+        seconds = 2 + (v % 3)
+        write_video(folder / f"v{v}.mp4", regular_times(seconds, 10))
+        for q in range(2):
+            start = 0.5 * q
+            annotations["test" if v % 4 == 3 else "train"].append(
+                [f"v{v}", float(seconds), [start, start + 1.0], SENTENCES[(v + q) % len(SENTENCES)]])
+    features = tmp_path / "features.hdf5"
+    result = run_cli([folder, "-o", features, "--weights", tiny_clip, "--fps", 4, "--workers", 1])
+    assert result.exit_code == 0, result.output
+
+    paths = {"features": features, "glove": write_glove(tmp_path / "glove.pkl", WORDS)}
+    for split, items in annotations.items():
+        paths[split] = tmp_path / f"{split}.json"
+        paths[split].write_text(json.dumps(items))
+    config = tiny_config(paths, tmp_path / "checkpoints")
+    config["dataset"]["frame_dim"] = 16  # the tiny CLIP's width
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    trained = CliRunner().invoke(train_main, ["--config-path", str(tmp_path / "config.json"), "--tag", "t",
+                                              "--epochs", "1", "--num-workers", "0", "--threads", "1"])
+    assert trained.exit_code == 0, trained.output
+    checkpoint = tmp_path / "checkpoints" / "t" / "model-best.pt"
+
+    model = tmp_path / "model.onnx"
+    exported = CliRunner().invoke(export_main, [str(checkpoint), "--vocab", str(paths["glove"]), "-o", str(model)])
+    assert exported.exit_code == 0, exported.output
+
+    predictions, errors = tmp_path / "predictions.jsonl", tmp_path / "errors.jsonl"
+    grounded = CliRunner().invoke(run_main, ["--model", str(model), "--features", str(features), "--queries",
+                                             str(paths["test"]), "-o", str(predictions), "--errors", str(errors)])
+    assert grounded.exit_code == 0, grounded.output
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [(r["vid"], r["query"]) for r in records] == [(a[0], a[3]) for a in annotations["test"]]
+    for record, annotation in zip(records, annotations["test"]):
+        (start, end, _), = record["pred_relevant_windows"]
+        assert 0 <= start <= end <= annotation[1] and record["duration"] == annotation[1] and "iou" in record
+    assert errors.read_text() == ""
