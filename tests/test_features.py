@@ -273,9 +273,13 @@ def archive_contents(path: Path) -> dict[str, tuple[np.ndarray, float]]:
 def test_cli_writes_the_archive_cnm_run_reads_and_error_records(tmp_path, tiny_clip, backbone):
     videos = write_folder(tmp_path / "videos")
     out, errors = tmp_path / "features.hdf5", tmp_path / "errors.jsonl"
+    metrics = tmp_path / "metrics.json"
     result = run_cli([tmp_path / "videos", "-o", out, "--weights", tiny_clip, "--fps", 4, "--errors", errors,
-                      "--workers", 0])
+                      "--workers", 0, "--metrics", metrics])
     assert result.exit_code == 1, result.output  # four bad files, more than --max-errors 0
+    counts = json.loads(metrics.read_text())
+    assert counts["written"] == len(videos) and counts["errors"] == {"empty_video": 1, "no_video_stream": 1,
+                                                                     "undecodable": 2}
     records = [json.loads(line) for line in errors.read_text().splitlines()]
     assert {(r["video"], r["code"]) for r in records} == {
         ("noise", "undecodable"), ("half", "undecodable"), ("audio", "no_video_stream"), ("empty", "empty_video")}
@@ -283,6 +287,7 @@ def test_cli_writes_the_archive_cnm_run_reads_and_error_records(tmp_path, tiny_c
 
     contents = archive_contents(out)
     assert set(contents) == set(videos)
+    assert counts["frames"] == sum(len(features) for features, _ in contents.values())
     for video, times in videos.items():
         features, duration = contents[video]
         assert features.dtype == np.float32 and features.shape[1] == backbone.dim == 16

@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cnm_runtime.cores import available_cores
 from cnm_runtime.datasets.resumable import ResumableArchive, SettingsMismatch
-from cnm_runtime.result_files import JsonLines, OutputBusyError
+from cnm_runtime.result_files import JsonLines, OutputBusyError, write_json_atomic
 from cnm_train.extract.decode import Sampling
 from cnm_train.extract.errors import VideoError
 from cnm_train.extract.extractor import ExtractOptions, extract
@@ -72,9 +72,11 @@ def default_processes() -> int:
               help="PyTorch threads on the CPU (0: PyTorch's default).")
 @click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit with status 1 when more videos than this have no features.")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="This run's counts (videos written, errors by code, frames) and speed, as JSON.")
 def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weights: str, fps: float | None,
          frames: int | None, max_duration: float, errors_path: Path | None, batch_size: int, workers: int | None,
-         device: str, threads: int, max_errors: int) -> None:
+         device: str, threads: int, max_errors: int, metrics_path: Path | None) -> None:
     """Write CLIP features of VIDEOS (files or folders of videos) into the archive -o."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-features: %(message)s", force=True)
     if fps is not None and frames is not None:
@@ -88,13 +90,16 @@ def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weight
         raise click.UsageError("no videos: give files, folders or --list")
     try:
         with ResumableArchive(output) as archive:  # the lock first: a second run fails before loading a model
-            errors = _run(archive, jobs, duplicates, sampling, weights, device, threads, batch_size, workers,
-                          errors_path)
+            metrics = _run(archive, jobs, duplicates, sampling, weights, device, threads, batch_size, workers,
+                           errors_path)
     except (OutputBusyError, SettingsMismatch, ValueError) as error:
         raise click.ClickException(str(error)) from error
     except KeyboardInterrupt:  # the archive folded what was made when its block was left
         log.info("interrupted: the videos finished so far are in %s; the same command continues the run", output)
         sys.exit(EXIT_INTERRUPTED)
+    if metrics_path:
+        write_json_atomic(metrics_path, metrics)
+    errors = sum(metrics["errors"].values())
     if errors > max_errors:
         log.error("%d videos without features, more than --max-errors %d%s", errors, max_errors,
                   f" (see {errors_path})" if errors_path else "")
@@ -103,8 +108,8 @@ def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weight
 
 def _run(archive: ResumableArchive, jobs: list[VideoJob], duplicates: list[tuple[VideoJob, VideoError]],
          sampling: Sampling, weights: str, device: str, threads: int, batch_size: int, workers: int | None,
-         errors_path: Path | None) -> int:
-    """Load the backbone, extract every video not in the archive yet; the number of videos without features."""
+         errors_path: Path | None) -> dict:
+    """Load the backbone, extract every video not in the archive yet; the run's counts and speed."""
     import torch
 
     from cnm_train.extract.backbone import ClipBackbone
@@ -148,4 +153,8 @@ def _run(archive: ResumableArchive, jobs: list[VideoJob], duplicates: list[tuple
     by_code = ", ".join(f"{code}: {count}" for code, count in sorted(codes.items()))
     log.info("%d videos written, %d without features%s; %d frames in %.1f s (%.1f frames/s)", tally.stored,
              codes.total(), f" ({by_code})" if codes else "", tally.frames, seconds, tally.frames / seconds)
-    return codes.total()
+    return {"videos": len(jobs) + len(duplicates), "already_done": len(jobs) - len(todo), "written": tally.stored,
+            "errors": dict(sorted(codes.items())), "frames": tally.frames, "seconds": round(seconds, 3),
+            "frames_per_s": round(tally.frames / seconds, 2), "device": str(backbone.device),
+            "dtype": str(backbone.dtype).removeprefix("torch."), "decoding_processes": processes,
+            "batch_size": batch_size}
