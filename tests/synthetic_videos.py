@@ -51,10 +51,19 @@ def regular_times(seconds: float, fps: float) -> list[float]:
     return [i / fps for i in range(round(seconds * fps))]
 
 
-def write_audio_only(path: Path, seconds: float = 1.0) -> Path:
+def write_audio_only(path: Path, seconds: float = 1.0, cover: bool = False) -> Path:
+    """Sound only; with ``cover``, also a picture in a video stream marked as the cover (``attached_pic``),
+    as music files carry one."""
     rate = 16000
     with av.open(str(path), "w") as container:
         stream = container.add_stream("aac", rate=rate)
+        if cover:
+            picture = container.add_stream("mjpeg", rate=1)
+            picture.width, picture.height, picture.pix_fmt = SIZE, SIZE, "yuvj420p"
+            picture.disposition = av.stream.Disposition.attached_pic
+            frame = av.VideoFrame.from_ndarray(np.full((SIZE, SIZE, 3), 100, np.uint8), format="rgb24")
+            container.mux(picture.encode(frame.reformat(format="yuvj420p")))
+            container.mux(picture.encode())
         samples = (0.1 * np.sin(np.arange(int(seconds * rate)) / 10)).astype(np.float32)[None]
         for start in range(0, samples.shape[1], 1024):
             frame = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="fltp", layout="mono")

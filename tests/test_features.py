@@ -156,12 +156,14 @@ def write_bad_files(folder: Path) -> dict[str, str]:
     (folder / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
     (folder / "half.mp4").write_bytes(good[: len(good) // 2])  # cut before its index (moov)
     write_audio_only(folder / "audio.mp4")
+    write_audio_only(folder / "song.mp4", cover=True)
     with av.open(str(folder / "empty.avi"), "w") as container:  # a video stream with no frame
         stream = container.add_stream("mpeg4", rate=10)
         stream.width = stream.height = 64
         container.start_encoding()
     (folder / "good.mp4").unlink()
-    return {"noise": "undecodable", "half": "undecodable", "audio": "no_video_stream", "empty": "empty_video"}
+    return {"noise": "undecodable", "half": "undecodable", "audio": "no_video_stream", "song": "no_video_stream",
+            "empty": "empty_video"}
 
 
 def test_bad_files_are_errors_with_their_codes(tmp_path, backbone):
@@ -244,9 +246,9 @@ def test_a_decoding_process_that_dies_fails_its_video_and_the_run_goes_on(tmp_pa
 
 # --- cnm-features ---------------------------------------------------------------------------------
 
-def write_folder(folder: Path) -> dict[str, list[float]]:
-    """Good videos of each format (and a variable frame rate one) by id with their frame times, bad files,
-    and a file that is not a video."""
+def write_folder(folder: Path) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Good videos of each format (and a variable frame rate one), bad files and a file that is not a video:
+    the good ones' frame times and the bad ones' error codes, by video id."""
     folder.mkdir()
     videos = {}
     for codec, pix_fmt, extension in FORMATS:
@@ -256,9 +258,9 @@ def write_folder(folder: Path) -> dict[str, list[float]]:
                         pix_fmt)
     videos["vfr"] = vfr_times()
     write_video(folder / "vfr.mp4", videos["vfr"])
-    write_bad_files(folder)
+    bad = write_bad_files(folder)
     (folder / "notes.txt").write_text("not a video")
-    return videos
+    return videos, bad
 
 
 def run_cli(args: list[str]):
@@ -271,18 +273,17 @@ def archive_contents(path: Path) -> dict[str, tuple[np.ndarray, float]]:
 
 
 def test_cli_writes_the_archive_cnm_run_reads_and_error_records(tmp_path, tiny_clip, backbone):
-    videos = write_folder(tmp_path / "videos")
+    videos, bad = write_folder(tmp_path / "videos")
     out, errors = tmp_path / "features.hdf5", tmp_path / "errors.jsonl"
     metrics = tmp_path / "metrics.json"
     result = run_cli([tmp_path / "videos", "-o", out, "--weights", tiny_clip, "--fps", 4, "--errors", errors,
                       "--workers", 0, "--metrics", metrics])
-    assert result.exit_code == 1, result.output  # four bad files, more than --max-errors 0
+    assert result.exit_code == 1, result.output  # five bad files, more than --max-errors 0
     counts = json.loads(metrics.read_text())
-    assert counts["written"] == len(videos) and counts["errors"] == {"empty_video": 1, "no_video_stream": 1,
+    assert counts["written"] == len(videos) and counts["errors"] == {"empty_video": 1, "no_video_stream": 2,
                                                                      "undecodable": 2}
     records = [json.loads(line) for line in errors.read_text().splitlines()]
-    assert {(r["video"], r["code"]) for r in records} == {
-        ("noise", "undecodable"), ("half", "undecodable"), ("audio", "no_video_stream"), ("empty", "empty_video")}
+    assert {(r["video"], r["code"]) for r in records} == set(bad.items())
     assert all(set(r) == {"video", "path", "code", "message"} for r in records)
 
     contents = archive_contents(out)
@@ -298,9 +299,9 @@ def test_cli_writes_the_archive_cnm_run_reads_and_error_records(tmp_path, tiny_c
         np.testing.assert_allclose(features, backbone.embed(pixels), **DECODED_CLOSE)  # rows in frame order
 
     again = run_cli([tmp_path / "videos", "-o", out, "--weights", tiny_clip, "--fps", 4, "--errors", errors,
-                     "--workers", 0, "--max-errors", 4])
+                     "--workers", 0, "--max-errors", 5])
     assert again.exit_code == 0, again.output
-    assert f"{len(videos) + 4} videos, {len(videos)} already in" in again.output  # only the bad ones tried again
+    assert f"{len(videos) + 5} videos, {len(videos)} already in" in again.output  # only the bad ones tried again
     other = run_cli([tmp_path / "videos", "-o", out, "--weights", tiny_clip, "--fps", 2])
     assert other.exit_code == 1 and "fps=4.0, this run asks for 2.0" in other.output
 
