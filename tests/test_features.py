@@ -377,6 +377,35 @@ def test_a_killed_run_leaves_a_readable_archive_and_the_same_command_finishes_it
         assert contents[video][1] == duration
 
 
+def test_ctrl_c_keeps_what_is_made_and_stops_the_decoding_processes(tmp_path, tiny_clip):
+    """Ctrl-C while a decoding process is held up (by a pipe nobody writes to): status 130 at once, the
+    finished videos folded into the archive, no process left behind."""
+    for name in "ab":
+        write_video(tmp_path / f"{name}.mp4", regular_times(1, 10))
+    os.mkfifo(tmp_path / "stuck.mp4")
+    out = tmp_path / "features.hdf5"
+    ctrl_c_raises = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a terminal
+    process = subprocess.Popen(
+        [sys.executable, "-c", ctrl_c_raises + "from cnm_train.extract.cli import main; main()",
+         *(str(tmp_path / f"{name}.mp4") for name in ("a", "b", "stuck")), "-o", str(out), "--weights",
+         str(tiny_clip), "--fps", "4", "--workers", "1"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("features.hdf5.parts/*.npz"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    workers = [int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
+               for pid in (task / "children").read_text().split()]
+    assert workers  # the decoding process (and multiprocessing's resource tracker), children of a thread
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and set(archive_contents(out)) == {"a", "b"}
+    assert not (tmp_path / "features.hdf5.parts").exists()
+    for pid in workers:  # ended (a zombie left for init to reap counts as ended)
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
+
+
 def test_list_files_and_duplicate_ids(tmp_path, tiny_clip):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()

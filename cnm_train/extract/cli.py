@@ -123,7 +123,7 @@ def _run(archive: ResumableArchive, jobs: list[VideoJob], duplicates: list[tuple
     processes = default_processes() if workers is None else workers
     log.info("%s (%d-d) on %s (%s); %d videos, %d already in %s; decoding in %s", weights, backbone.dim,
              backbone.device, str(backbone.dtype).removeprefix("torch."), len(jobs), len(jobs) - len(todo),
-             archive.path, f"{processes} processes" if processes else "a thread")
+             archive.path, f"{processes} process{'es' if processes > 1 else ''}" if processes else "a thread")
     options = ExtractOptions(DecodeOptions(sampling, backbone.preprocessing), batch_size=batch_size,
                              processes=processes)
     codes: Counter = Counter()

@@ -123,12 +123,18 @@ def _in_this_process(jobs: list[VideoJob], options: DecodeOptions) -> Iterator[t
             yield job, message
 
 
-def _in_workers(jobs: list[VideoJob], options: DecodeOptions, processes: int
+def _in_workers(jobs: list[VideoJob], options: DecodeOptions, processes: int, started: list[_Worker]
                 ) -> Iterator[tuple[VideoJob, Message]]:
-    """Each worker holds one video at a time; its messages come in order, videos interleave."""
+    """Each worker holds one video at a time; its messages come in order, videos interleave. Every worker
+    started is appended to ``started``, so that another thread can kill them."""
     context = multiprocessing.get_context("spawn")
+
+    def start() -> _Worker:
+        started.append(_Worker(context, options))
+        return started[-1]
+
     pending = deque(jobs)
-    idle = [_Worker(context, options) for _ in range(min(processes, len(jobs)))]
+    idle = [start() for _ in range(min(processes, len(jobs)))]
     busy: dict[Connection, tuple[_Worker, VideoJob]] = {}
     finished = False
     try:
@@ -148,7 +154,7 @@ def _in_workers(jobs: list[VideoJob], options: DecodeOptions, processes: int
                     worker.stop(gently=False)
                     message = VideoError("decoder_crashed", f"{job.path}: the process decoding it died "
                                                             f"(exit code {worker.process.exitcode})")
-                    worker = _Worker(context, options)
+                    worker = start()
                 yield job, message
                 if not isinstance(message, Frames):
                     del busy[connection]
@@ -160,6 +166,7 @@ def _in_workers(jobs: list[VideoJob], options: DecodeOptions, processes: int
 
 
 _END = object()
+STOP_WAIT_S = 5.0  # how long close() waits for the reading thread once the workers are killed
 
 
 class Decoder:
@@ -171,7 +178,9 @@ class Decoder:
 
     def __init__(self, jobs: list[VideoJob], options: DecodeOptions, processes: int, ahead: int = 8):
         """``ahead``: messages kept ready for the model at most (each ``chunk_frames`` rows)."""
-        self._messages = _in_workers(jobs, options, processes) if processes else _in_this_process(jobs, options)
+        self._workers: list[_Worker] = []
+        self._messages = (_in_workers(jobs, options, processes, self._workers) if processes
+                          else _in_this_process(jobs, options))
         self._ready: queue.Queue = queue.Queue(maxsize=max(1, ahead))
         self._stop = threading.Event()
         self._failure: BaseException | None = None
@@ -214,5 +223,12 @@ class Decoder:
         return item
 
     def close(self) -> None:
+        """Stop decoding. Left early (an exception, Ctrl-C), the workers are killed from here, for the reading
+        thread may wait on one that FFmpeg holds up; a thread held up in FFmpeg itself is left behind (it
+        ends with the process)."""
+        if not self._thread.is_alive():
+            return
         self._stop.set()
-        self._thread.join()
+        for worker in self._workers:
+            worker.process.kill()
+        self._thread.join(timeout=STOP_WAIT_S)
