@@ -401,9 +401,17 @@ def test_ctrl_c_keeps_what_is_made_and_stops_the_decoding_processes(tmp_path, ti
     assert process.returncode == 130, err
     assert "interrupted" in err and set(archive_contents(out)) == {"a", "b"}
     assert not (tmp_path / "features.hdf5.parts").exists()
-    for pid in workers:  # ended (a zombie left for init to reap counts as ended)
-        stat = Path(f"/proc/{pid}/stat")
-        assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
+    while any(map(running, workers)):  # multiprocessing's resource tracker takes a moment to see its EOF
+        assert time.monotonic() < deadline, [pid for pid in workers if running(pid)]
+        time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie left for init to reap does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_list_files_and_duplicate_ids(tmp_path, tiny_clip):
