@@ -144,6 +144,19 @@ def test_a_fixed_number_of_frames_is_spread_evenly(tmp_path, backbone):
     assert done.rows == 5 and [index_of(p) for p in pixels] == [2, 6, 10, 14, 18]  # the middle of each fifth
 
 
+def test_every_nth_frame_follows_the_frames_not_the_clock(tmp_path, backbone):
+    times = vfr_times(25)
+    path = write_video(tmp_path / "vfr.mp4", times)
+    pixels, done = decoded(path, Sampling(every=8), backbone.preprocessing)
+    assert done.rows == 4 and [index_of(p) for p in pixels] == [0, 8, 16, 24]
+
+
+@pytest.mark.parametrize("choice", [{}, {"fps": 1, "every": 8}, {"fps": 0}, {"frames": 0}])
+def test_sampling_is_one_positive_choice(choice):
+    with pytest.raises(ValueError, match="give one of"):
+        Sampling(**choice)
+
+
 def test_sampling_faster_than_the_video_repeats_frames(tmp_path, backbone):
     path = write_video(tmp_path / "v.mp4", regular_times(1, 5))
     pixels, _ = decoded(path, Sampling(fps=10), backbone.preprocessing)

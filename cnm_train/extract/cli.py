@@ -2,7 +2,7 @@
 
     cnm-features videos/ -o features.hdf5 --weights clip-vit-base-patch32/ --fps 1 --errors errors.jsonl
 
-Each video's frames at ``--fps`` (or ``--frames`` evenly spread) go through a CLIP vision model, and the
+Each video's frames at ``--fps`` (or ``--frames`` evenly spread, or one in ``--every``) go through a CLIP vision model, and the
 archive gets one float32 ``[rows, dim]`` dataset per video id with its ``duration`` in seconds. The same
 command again continues a run that stopped (videos in the archive are skipped); a video that cannot be used
 becomes a line of ``--errors`` and the run goes on; the exit status is 1 when there are more of them than
@@ -58,6 +58,8 @@ def default_processes() -> int:
               help=f"Rows a second of video, from its first frame [default: {DEFAULT_FPS:g}].")
 @click.option("--frames", type=click.IntRange(min=1), default=None,
               help="Instead of --fps: this many rows a video, evenly spread.")
+@click.option("--every", type=click.IntRange(min=1), default=None,
+              help="Instead of --fps: one frame in N, from the first (the original ActivityNet CLIP features: 8).")
 @click.option("--max-duration", type=click.FloatRange(min=0, min_open=True), default=3 * 3600.0,
               show_default=True, help="Seconds; a longer video is a too_long error.")
 @click.option("--errors", "errors_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -75,13 +77,15 @@ def default_processes() -> int:
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               help="This run's counts (videos written, errors by code, frames) and speed, as JSON.")
 def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weights: str, fps: float | None,
-         frames: int | None, max_duration: float, errors_path: Path | None, batch_size: int, workers: int | None,
+         frames: int | None, every: int | None, max_duration: float, errors_path: Path | None, batch_size: int, workers: int | None,
          device: str, threads: int, max_errors: int, metrics_path: Path | None) -> None:
     """Write CLIP features of VIDEOS (files or folders of videos) into the archive -o."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-features: %(message)s", force=True)
-    if fps is not None and frames is not None:
-        raise click.UsageError("give --fps or --frames, not both")
-    sampling = Sampling(fps=None if frames else (fps or DEFAULT_FPS), frames=frames, max_duration=max_duration)
+    if sum(choice is not None for choice in (fps, frames, every)) > 1:
+        raise click.UsageError("give one of --fps, --frames and --every")
+    if frames is None and every is None:
+        fps = fps or DEFAULT_FPS
+    sampling = Sampling(fps=fps, frames=frames, every=every, max_duration=max_duration)
     try:
         jobs, duplicates = video_jobs(video_paths(videos, lists))
     except (OSError, ValueError) as error:
@@ -118,7 +122,7 @@ def _run(archive: ResumableArchive, jobs: list[VideoJob], duplicates: list[tuple
         torch.set_num_threads(threads)
     backbone = ClipBackbone(weights, device)
     done = archive.start({"extractor": "cnm-features", **backbone.settings(), "fps": sampling.fps or 0,
-                          "frames": sampling.frames or 0})
+                          "frames": sampling.frames or 0, "every": sampling.every or 0})
     todo = [job for job in jobs if job.video not in done]
     processes = default_processes() if workers is None else workers
     log.info("%s (%d-d) on %s (%s); %d videos, %d already in %s; decoding in %s", weights, backbone.dim,

@@ -25,31 +25,38 @@ TIME_TOLERANCE_S = 1e-6
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """Which frames of a video become rows: ``fps`` a second (from the first frame on), or ``frames``
-    evenly spread (the middle of each of ``frames`` equal parts); videos over ``max_duration`` are refused."""
-
-    fps: float | None = None
-    frames: int | None = None
-    max_duration: float = 3 * 3600.0
-
-    def __post_init__(self):
-        if (self.fps is None) == (self.frames is None):
-            raise ValueError("give exactly one of fps and frames")
-        if not (self.fps is None or self.fps > 0) or not (self.frames is None or self.frames >= 1):
-            raise ValueError(f"fps must be positive and frames at least 1, got fps={self.fps}, frames={self.frames}")
-
-    def instants(self, duration: float) -> np.ndarray:
-        """Seconds from the first frame: ``ceil(duration * fps)`` instants (at least one), or ``frames``."""
-        if self.frames is not None:
-            return (np.arange(self.frames) + 0.5) * (duration / self.frames)
-        return np.arange(max(1, math.ceil(duration * self.fps - TIME_TOLERANCE_S))) / self.fps
-
-
-@dataclass(frozen=True)
 class Timing:
     start: float  # seconds: the time of the first frame, in the stream's own clock
     duration: float  # seconds: from the first frame's start to the last frame's end
+    frame_times: np.ndarray  # seconds from the first frame, each frame's, in presentation order
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames of a video become rows: ``fps`` a second (from the first frame on), ``frames`` evenly
+    spread (the middle of each of ``frames`` equal parts), or ``every``-th frame (the first, the
+    every+1-th, ...: the original CNM's ActivityNet CLIP features took one in 8); videos over
+    ``max_duration`` seconds are refused."""
+
+    fps: float | None = None
+    frames: int | None = None
+    every: int | None = None
+    max_duration: float = 3 * 3600.0
+
+    def __post_init__(self):
+        chosen = [value for value in (self.fps, self.frames, self.every) if value is not None]
+        if len(chosen) != 1 or not chosen[0] > 0:
+            raise ValueError(f"give one of fps (> 0), frames or every (>= 1); got fps={self.fps}, "
+                             f"frames={self.frames}, every={self.every}")
+
+    def instants(self, timing: Timing) -> np.ndarray:
+        """Seconds from the first frame: ``ceil(duration * fps)`` instants (at least one), ``frames`` of them,
+        or the times of every ``every``-th frame."""
+        if self.every is not None:
+            return timing.frame_times[::self.every]
+        if self.frames is not None:
+            return (np.arange(self.frames) + 0.5) * (timing.duration / self.frames)
+        return np.arange(max(1, math.ceil(timing.duration * self.fps - TIME_TOLERANCE_S))) / self.fps
 
 
 @contextmanager
@@ -95,7 +102,7 @@ def probe(path: str) -> Timing:
     duration = float(times_s[-1] - times_s[0] + last_length)
     if not duration > 0:
         raise VideoError("empty_video", f"{path}: the video has no duration (one frame, no frame rate)")
-    return Timing(float(times_s[0]), duration)
+    return Timing(float(times_s[0]), duration, times_s - times_s[0])
 
 
 def frames_at(path: str, instants: np.ndarray) -> Iterator[av.VideoFrame]:

@@ -67,7 +67,7 @@ def video_messages(job: VideoJob, options: DecodeOptions) -> Iterator[Message]:
         if timing.duration > options.sampling.max_duration:
             raise VideoError("too_long", f"{job.path}: {timing.duration:.1f} s long, more than --max-duration "
                                          f"{options.sampling.max_duration:g} s")
-        instants = options.sampling.instants(timing.duration)
+        instants = options.sampling.instants(timing)
         rows: list[np.ndarray] = []
         last_frame, last_pixels = None, None
         for frame in frames_at(job.path, timing.start + instants):
