@@ -8,7 +8,8 @@ here with H.264 at the chosen size and rate). Three measurements, each on the sa
 - decoding: PyAV decoding and CLIP's resize and crop, in this process, one video after another (what one
   decoding process does): rows/s, and seconds of video decoded a second;
 - the model alone: batches of ``--batch-size`` random crops through the backbone (fp32 on the CPU, fp16 on a
-  GPU), after a warm-up: frames/s, the median of ``--rounds``;
+  GPU), after a warm-up: frames/s, the median of ``--rounds``; on the CPU also the same model exported to ONNX
+  and run by ONNX Runtime, the engine that could run it without torch;
 - end to end: the ``cnm-features`` command on the videos, for each ``--workers`` count, in a process of its
   own: its own frames/s (``--metrics``: from the first video to the last, the model's loading left out) and
   the whole command's seconds.
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,48 @@ def measure_model(backbone, batch_size: int, rounds: int) -> dict[str, Any]:
                                                        "min": round(min(rates), 2), "max": round(max(rates), 2)}}
 
 
+def measure_onnx(backbone, batch_size: int, rounds: int, work: Path) -> dict[str, Any]:
+    """The same model exported to ONNX and run by ONNX Runtime on the CPU, the engine cnm-run uses: the
+    figure behind running the backbone in PyTorch (see the README draft). Not run where the model is on a GPU."""
+    if backbone.device.type != "cpu":
+        return {"status": "not run: the backbone runs on a GPU here"}
+    import onnxruntime
+    import torch
+
+    from cnm_runtime.cores import available_cores
+
+    class ImageEmbeds(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).image_embeds
+
+    edge = backbone.preprocessing.crop[0]
+    frames = np.random.default_rng(0).integers(0, 256, (batch_size, edge, edge, 3), dtype=np.uint8)
+    pixels = backbone.preprocessing.normalize(frames)
+    path = work / "backbone.onnx"
+    with warnings.catch_warnings():  # the tracer's notes on transformers' shape checks, fixed for export
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ImageEmbeds(backbone.model), (torch.from_numpy(pixels[:2]),), str(path),
+                          input_names=["pixel_values"], output_names=["image_embeds"],
+                          dynamic_axes={"pixel_values": {0: "batch"}}, opset_version=17, dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = available_cores()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, {"pixel_values": pixels})[0]  # also the warm-up
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        session.run(None, {"pixel_values": pixels})
+        rates.append(batch_size / (time.perf_counter() - started))
+    return {"status": "ran", "batch_size": batch_size, "threads": available_cores(),
+            "max_abs_diff_vs_torch": float(np.abs(got - backbone.embed(frames)).max()),
+            "frames_per_s": {"median": round(statistics.median(rates), 2), "min": round(min(rates), 2),
+                             "max": round(max(rates), 2)}}
+
+
 def measure_command(videos: list[Path], weights: Path, fps: float, workers: int, batch_size: int,
                     work: Path) -> dict[str, Any]:
     out, metrics = work / f"features-{workers}.hdf5", work / f"metrics-{workers}.json"
@@ -133,6 +177,12 @@ def markdown(results: dict[str, Any]) -> str:
             [f"backbone alone, batch {model['batch_size']} ({model['device']}, {model['dtype']})", "-",
              f"{model['frames_per_s']['median']:,.1f}",
              f"min-max {model['frames_per_s']['min']:,.1f}-{model['frames_per_s']['max']:,.1f}"]]
+    onnx = results["model_alone_onnx_runtime"]
+    if onnx["status"] == "ran":
+        rows.append([f"the same model in ONNX Runtime, batch {onnx['batch_size']} (cpu, float32)", "-",
+                     f"{onnx['frames_per_s']['median']:,.1f}",
+                     f"{onnx['frames_per_s']['median'] / model['frames_per_s']['median']:.2f}x PyTorch; max abs "
+                     f"diff {onnx['max_abs_diff_vs_torch']:.1e}"])
     for run in results["end_to_end"]:
         rows.append([f"cnm-features end to end ({run['device']})", str(run["workers"]), f"{run['frames_per_s']:,.1f}",
                      f"command {run['command_s']:,.1f} s; load {run['load_before']:.1f} before"])
@@ -179,6 +229,7 @@ def main(count: int, seconds: float, size: str, rate: int, fps: float, batch_siz
         backbone = ClipBackbone(weights, "auto")
         decoding = measure_decoding(videos, backbone.preprocessing, fps)
         model = measure_model(backbone, batch_size, rounds)
+        onnx = measure_onnx(backbone, batch_size, rounds, work)
         del backbone  # the command runs its own
         end_to_end = [measure_command(videos, weights, fps, int(w), batch_size, work) for w in workers.split(",")]
     results = {
@@ -188,7 +239,8 @@ def main(count: int, seconds: float, size: str, rate: int, fps: float, batch_siz
         "backbone": "tiny CLIP vision model (--quick)" if quick else "CLIP ViT-B/32 shape (CLIPVisionModelWithProjection)",
         "videos": {"count": count, "seconds": seconds, "width": width, "height": height, "rate": rate,
                    "codec": "libx264", "synthetic": True},
-        "fps": fps, "decoding": decoding, "model_alone": model, "end_to_end": end_to_end,
+        "fps": fps, "decoding": decoding, "model_alone": model, "model_alone_onnx_runtime": onnx,
+        "end_to_end": end_to_end,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     name = slug(results["machine"]["cpu"], f"{results['machine']['cores']}c", results["machine"]["gpu"] or "",

@@ -204,6 +204,9 @@ def test_features_benchmark_quick_run_is_rendered(tmp_path):
     (json_path,) = tmp_path.glob("*.json")
     results = json.loads(json_path.read_text())
     assert results["decoding"]["rows"] == 4 and results["model_alone"]["frames_per_s"]["median"] > 0
+    onnx = results["model_alone_onnx_runtime"]
+    if results["model_alone"]["device"] == "cpu":
+        assert onnx["status"] == "ran" and onnx["max_abs_diff_vs_torch"] < 1e-4
     (run,) = results["end_to_end"]
     assert run["workers"] == 0 and run["frames"] == 4 and run["frames_per_s"] > 0
     (shown,) = [b for b in BENCHMARKS_SHOWN if b.folder == "features"]
