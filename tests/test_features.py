@@ -444,6 +444,38 @@ def test_list_files_and_duplicate_ids(tmp_path, tiny_clip):
     assert set(archive_contents(tmp_path / "f.hdf5")) == {"v"}
 
 
+def test_a_checkpoint_that_is_not_a_whole_clip_vision_model_is_refused(tmp_path, tiny_clip):
+    """Weights transformers would have to start at random (here: no projection) would give random features."""
+    from transformers import CLIPVisionModel
+
+    CLIPVisionModel.from_pretrained(tiny_clip).save_pretrained(tmp_path / "no-projection")
+    with pytest.raises(ValueError, match="lacks 1 weights of a CLIP vision model.*visual_projection.weight"):
+        ClipBackbone(tmp_path / "no-projection", "cpu")
+    with pytest.raises(ValueError, match="no such folder"):
+        ClipBackbone(tmp_path / "nowhere", "cpu")
+
+
+def test_a_whole_clip_checkpoint_gives_its_image_features(tmp_path):
+    """What users download (openai/clip-vit-base-patch32) is a CLIPModel, text half included."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=8, projection_dim=16)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=100,
+                max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=16)
+    clip = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    backbone = ClipBackbone(tmp_path / "clip", "cpu")
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        pixels = torch.from_numpy(backbone.preprocessing.normalize(frames))
+        expected = clip.visual_projection(clip.vision_model(pixel_values=pixels).pooler_output).numpy()
+    assert backbone.dim == 16
+    np.testing.assert_allclose(backbone.embed(frames), expected, **DECODED_CLOSE)
+
+
 def test_features_match_the_clip_model_run_directly(tmp_path, tiny_clip, backbone):
     """The backbone is transformers' own model: the rows equal its image_embeds for CLIP's processor's pixels."""
     import torch

@@ -39,14 +39,27 @@ class ClipBackbone:
         from transformers import CLIPVisionModelWithProjection  # slow to import: only where a model loads
         from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()  # a bar per load on stderr would bury cnm-features' own
         self.weights = str(weights)
         self.device = pick_device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        if not Path(self.weights).exists() and (Path(self.weights).is_absolute() or self.weights.startswith(".")):
+            raise ValueError(f"--weights {self.weights}: no such folder")
+        # quiet: a whole CLIP checkpoint's text half is reported key by key as unexpected, which it is not here;
+        # what matters (weights missing or of another shape) is checked below or raised
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(self.weights)
-        except (OSError, ValueError) as error:
+            model, loading = CLIPVisionModelWithProjection.from_pretrained(self.weights, output_loading_info=True)
+        except (OSError, ValueError, RuntimeError) as error:
             raise ValueError(f"cannot load a CLIP vision model from {self.weights}: {error}") from error
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+            transformers_logging.enable_progress_bar()
+        if loading["missing_keys"]:  # transformers would start them at random: features of a random model
+            missing = sorted(loading["missing_keys"])
+            raise ValueError(f"{self.weights} lacks {len(missing)} weights of a CLIP vision model with its projection "
+                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): not such a checkpoint")
         self.model = model.to(self.device, self.dtype).eval()
         self.dim = int(model.config.projection_dim)
         self.preprocessing = ClipPreprocessing.from_config(

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -43,6 +44,17 @@ DEFAULT_FPS = 1.0
 def default_processes() -> int:
     """One decoding process a core but one (the model's), at least one, at most 8."""
     return max(1, min(8, available_cores() - 1))
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    sampling: Sampling
+    weights: str
+    device: str
+    threads: int  # PyTorch's on the CPU; 0: its default
+    batch_size: int
+    processes: int  # decoding processes; 0: a thread
+    errors_path: Path | None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -77,15 +89,16 @@ def default_processes() -> int:
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               help="This run's counts (videos written, errors by code, frames) and speed, as JSON.")
 def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weights: str, fps: float | None,
-         frames: int | None, every: int | None, max_duration: float, errors_path: Path | None, batch_size: int, workers: int | None,
-         device: str, threads: int, max_errors: int, metrics_path: Path | None) -> None:
+         frames: int | None, every: int | None, max_duration: float, errors_path: Path | None, batch_size: int,
+         workers: int | None, device: str, threads: int, max_errors: int, metrics_path: Path | None) -> None:
     """Write CLIP features of VIDEOS (files or folders of videos) into the archive -o."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-features: %(message)s", force=True)
     if sum(choice is not None for choice in (fps, frames, every)) > 1:
         raise click.UsageError("give one of --fps, --frames and --every")
     if frames is None and every is None:
         fps = fps or DEFAULT_FPS
-    sampling = Sampling(fps=fps, frames=frames, every=every, max_duration=max_duration)
+    settings = RunSettings(Sampling(fps=fps, frames=frames, every=every, max_duration=max_duration), weights, device,
+                           threads, batch_size, default_processes() if workers is None else workers, errors_path)
     try:
         jobs, duplicates = video_jobs(video_paths(videos, lists))
     except (OSError, ValueError) as error:
@@ -94,8 +107,7 @@ def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weight
         raise click.UsageError("no videos: give files, folders or --list")
     try:
         with ResumableArchive(output) as archive:  # the lock first: a second run fails before loading a model
-            metrics = _run(archive, jobs, duplicates, sampling, weights, device, threads, batch_size, workers,
-                           errors_path)
+            metrics = _run(archive, jobs, duplicates, settings)
     except (OutputBusyError, SettingsMismatch, ValueError) as error:
         raise click.ClickException(str(error)) from error
     except KeyboardInterrupt:  # the archive folded what was made when its block was left
@@ -111,29 +123,28 @@ def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weight
 
 
 def _run(archive: ResumableArchive, jobs: list[VideoJob], duplicates: list[tuple[VideoJob, VideoError]],
-         sampling: Sampling, weights: str, device: str, threads: int, batch_size: int, workers: int | None,
-         errors_path: Path | None) -> dict:
+         settings: RunSettings) -> dict:
     """Load the backbone, extract every video not in the archive yet; the run's counts and speed."""
     import torch
 
     from cnm_train.extract.backbone import ClipBackbone
 
-    if threads:
-        torch.set_num_threads(threads)
-    backbone = ClipBackbone(weights, device)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    backbone = ClipBackbone(settings.weights, settings.device)
+    sampling, processes = settings.sampling, settings.processes
     done = archive.start({"extractor": "cnm-features", **backbone.settings(), "fps": sampling.fps or 0,
                           "frames": sampling.frames or 0, "every": sampling.every or 0})
     todo = [job for job in jobs if job.video not in done]
-    processes = default_processes() if workers is None else workers
-    log.info("%s (%d-d) on %s (%s); %d videos, %d already in %s; decoding in %s", weights, backbone.dim,
+    log.info("%s (%d-d) on %s (%s); %d videos, %d already in %s; decoding in %s", settings.weights, backbone.dim,
              backbone.device, str(backbone.dtype).removeprefix("torch."), len(jobs), len(jobs) - len(todo),
              archive.path, f"{processes} process{'es' if processes > 1 else ''}" if processes else "a thread")
-    options = ExtractOptions(DecodeOptions(sampling, backbone.preprocessing), batch_size=batch_size,
+    options = ExtractOptions(DecodeOptions(sampling, backbone.preprocessing), batch_size=settings.batch_size,
                              processes=processes)
     codes: Counter = Counter()
     started = time.perf_counter()
     with ExitStack() as stack:
-        error_file = stack.enter_context(JsonLines(errors_path)) if errors_path else None
+        error_file = stack.enter_context(JsonLines(settings.errors_path)) if settings.errors_path else None
         progress = stack.enter_context(tqdm(total=len(jobs) + len(duplicates), initial=len(jobs) - len(todo),
                                             unit="video", file=sys.stderr, disable=None, dynamic_ncols=True))
         stack.enter_context(logging_redirect_tqdm())
@@ -161,4 +172,4 @@ def _run(archive: ResumableArchive, jobs: list[VideoJob], duplicates: list[tuple
             "errors": dict(sorted(codes.items())), "frames": tally.frames, "seconds": round(seconds, 3),
             "frames_per_s": round(tally.frames / seconds, 2), "device": str(backbone.device),
             "dtype": str(backbone.dtype).removeprefix("torch."), "decoding_processes": processes,
-            "batch_size": batch_size}
+            "batch_size": settings.batch_size}

@@ -9,7 +9,7 @@ bounded queue, so decoding goes on while the model runs and memory stays bounded
 Each worker process (started with ``spawn``: no fork of a process that holds a model) has a pipe of its own
 and one video at a time, so the model's process knows which video a worker holds. A worker that dies (FFmpeg
 crashed on a file, or the kernel killed it) ends that video as ``decoder_crashed`` and another worker is
-started; the run goes on. Workers import no torch: they start in about a second.
+started; the run goes on. Workers import no torch, so that they start fast.
 """
 from __future__ import annotations
 
