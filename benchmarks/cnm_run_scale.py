@@ -31,6 +31,7 @@ import numpy as np
 
 from cnm_runtime.batch import Batch
 from cnm_runtime.grounder import Grounder
+from cnm_runtime.options import RunOptions
 from cnm_runtime.session import ModelSession
 from cnm_runtime.text import EncodedQuery, pad_word_ids
 
@@ -109,7 +110,7 @@ def throughput(model: Path, videos: int, queries_per_video: int, batch_size: int
         model_rates, e2e_rates, model_cpu, e2e_cpu = [], [], [], []
         for _ in range(repeats):
             cpu = cpu_seconds()
-            model_rates.append(model_only(grounder.session, grounder.runs, videos * queries_per_video, batch_size,
+            model_rates.append(model_only(grounder.session, grounder.session.runs, videos * queries_per_video, batch_size,
                                           queries_per_video))
             model_cpu.append(cpu_seconds() - cpu)
             cpu = cpu_seconds()
@@ -117,8 +118,8 @@ def throughput(model: Path, videos: int, queries_per_video: int, batch_size: int
             e2e_rates.append(rate)
             e2e_cpu.append(cpu_seconds() - cpu)
     result = {
-        "videos": videos, "queries": count, "batch_size": batch_size, "runs": grounder.runs,
-        "threads": grounder.session.threads, "feeders": grounder.feeders,
+        "videos": videos, "queries": count, "batch_size": batch_size, "runs": grounder.session.runs,
+        "threads": grounder.session.threads, "feeders": grounder.options.feeders,
         "provider": grounder.provider,
         "model_only_qps": [round(r, 1) for r in model_rates], "end_to_end_qps": [round(r, 1) for r in e2e_rates],
         "ratio_of_medians": round(statistics.median(e2e_rates) / statistics.median(model_rates), 3),
@@ -138,7 +139,7 @@ def memory(model: Path, sizes: str, batch_size: int, feeders: int) -> None:
     """Peak RSS of a full run for archives of growing size, each run in a fresh process."""
     with tempfile.TemporaryDirectory() as folder:
         for videos in map(int, sizes.split(",")):
-            spec = ModelSession(model, "cpu").spec
+            spec = ModelSession(model, RunOptions(provider="cpu", runs=1)).spec
             archive, queries = make_archive(Path(folder), spec, videos, 4)
             command = [sys.executable, __file__, "one-run", "--model", str(model), "--archive", str(archive),
                        "--queries", str(queries), "--batch-size", str(batch_size), "--feeders", str(feeders)]
@@ -165,7 +166,7 @@ def settings(model: Path, threads: str, runs: str, feeders: str, videos: int, ba
              compression: str | None, repeats: int) -> None:
     """End-to-end queries/s (median of the repeats) at each --threads, --runs and --feeders."""
     with tempfile.TemporaryDirectory() as folder:
-        spec = ModelSession(model, "cpu").spec
+        spec = ModelSession(model, RunOptions(provider="cpu", runs=1)).spec
         archive, queries = make_archive(Path(folder), spec, videos, 4, compression=compression)
         for thread_count, run_count, feeder_count in itertools.product(_counts(threads), _counts(runs),
                                                                          _counts(feeders)):
@@ -173,7 +174,7 @@ def settings(model: Path, threads: str, runs: str, feeders: str, videos: int, ba
                                 batch_size=batch_size, feeders=feeder_count)
             end_to_end(grounder, archive, queries)  # warm-up
             rates = [end_to_end(grounder, archive, queries)[0] for _ in range(repeats)]
-            print(json.dumps({"threads": thread_count, "runs": grounder.runs, "feeders": feeder_count,
+            print(json.dumps({"threads": thread_count, "runs": grounder.session.runs, "feeders": feeder_count,
                               "compression": compression, "end_to_end_qps": round(statistics.median(rates), 1)}),
                   flush=True)
 

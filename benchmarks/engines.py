@@ -89,9 +89,10 @@ def torch_runner(checkpoint: Path, vocab: Path | None, device: str, threads: int
     return run
 
 
-def ort_runner(model: Path, provider: str, threads: int, max_batch: int) -> tuple[Runner, str]:
-    """cnm-run's session on ``provider``; also returns the provider that really runs."""
+def ort_runner(model: Path, provider: str, threads: int, max_batch: int, runs: int) -> tuple[Runner, str]:
+    """cnm-run's session on ``provider``, ``runs`` batches at once; also returns the provider that really runs."""
+    from cnm_runtime.options import RunOptions
     from cnm_runtime.session import ModelSession
 
-    session = ModelSession(model, provider, threads, max_batch)
+    session = ModelSession(model, RunOptions(provider=provider, threads=threads, runs=runs, batch_size=max_batch))
     return session.run, session.provider

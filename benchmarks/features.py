@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.machine import cpu_model, gpu_name, slug
 from cnm_runtime.cores import available_cores
 from cnm_runtime.report import markdown_table
-from cnm_runtime.result_files import write_json_atomic
+from cnm_runtime.run_files import write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "features"
 VIT_B_32 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224,

@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 from cnm_runtime.batch import Batch
 from cnm_runtime.grounder import Grounder
 from cnm_runtime.model_spec import ModelSpec
+from cnm_runtime.options import RunOptions
 from cnm_runtime.session import ModelSession
 
 
@@ -32,15 +34,18 @@ class NoModel:
     spec: ModelSpec
     frames_dtype: np.dtype
     provider: str = "no model"
-
-    def default_runs(self) -> int:
-        return 1
+    runs: int = 1
 
     def default_feeders(self) -> int:
         return 0
 
-    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        return np.full(len(batch), 0.5, np.float32), np.full(len(batch), 0.25, np.float32)
+    def submit(self, batch: Batch) -> Future:
+        outputs: Future = Future()
+        outputs.set_result((np.full(len(batch), 0.5, np.float32), np.full(len(batch), 0.25, np.float32)))
+        return outputs
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,9 @@ class FeedRun:
 def feed_only(model: Path, archive: Path, queries: Path, batch_size: int, processes: int,
               keep_videos: int = 64) -> FeedRun:
     """One pass over ``queries`` with the feed of ``model`` (its vocabulary, sizes and frames type)."""
-    session = ModelSession(model, "cpu")
-    grounder = Grounder(NoModel(session.spec, session.frames_dtype), batch_size=batch_size, feeders=processes,
+    with ModelSession(model, RunOptions(provider="cpu", runs=1)) as session:
+        spec, frames_dtype = session.spec, session.frames_dtype
+    grounder = Grounder(NoModel(spec, frames_dtype), batch_size=batch_size, feeders=processes,
                         keep_videos=keep_videos)
     started = time.perf_counter()
     results = grounder.ground(archive, queries)

@@ -36,8 +36,9 @@ import click
 
 from benchmarks.cnm_run_scale import make_archive
 from benchmarks.machine import cpu_model, slug
-from cnm_runtime.report import markdown_table
+from cnm_train.tables import markdown_table
 from cnm_runtime.cores import available_cores
+from cnm_runtime.options import RunOptions
 from cnm_runtime.session import ModelSession
 
 RESULTS = Path(__file__).parent / "results" / "ray"
@@ -167,7 +168,7 @@ def main(model: Path, videos: int, queries_per_video: int, batch_size: int, shar
     engines = {"local": []} | {f"ray-{count}-actors": [] for count in map(int, actors.split(","))}
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        archive, queries = make_archive(folder, ModelSession(model, "cpu").spec, videos, queries_per_video)
+        archive, queries = make_archive(folder, ModelSession(model, RunOptions(provider="cpu", runs=1)).spec, videos, queries_per_video)
         common = ["--model", str(model), "--features", str(archive), "--queries", str(queries), "--provider", "cpu",
                   "--batch-size", str(batch_size)]
         for round_ in range(rounds):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.report import markdown as benchmark_markdown, model_shape
-from cnm_runtime.report import markdown_table
+from cnm_train.tables import markdown_table
 
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS = BENCHMARKS / "results"

@@ -5,7 +5,7 @@ from typing import Any
 
 from benchmarks.engines import REFERENCE
 from benchmarks.summary import ratio
-from cnm_runtime.report import markdown_table
+from cnm_train.tables import markdown_table
 from cnm_runtime.spans import HEADLINE_METRICS
 
 

@@ -51,7 +51,7 @@ from cnm_export.export import unpruned_flops
 from cnm_export.export import DEFAULT_OPSET, export_model, load_source
 from cnm_export.flops import Flops, graph_flops
 from cnm_runtime.model_spec import ModelSpec
-from cnm_runtime.result_files import write_json_atomic
+from cnm_runtime.run_files import write_json_atomic
 from cnm_runtime.cores import available_cores
 from cnm_runtime.session import default_threads
 

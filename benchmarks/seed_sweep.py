@@ -28,8 +28,8 @@ import click
 
 from benchmarks.machine import SGEMM_SIZE, cpu_model, sgemm_gflops, slug
 from cnm_runtime.cores import available_cores
-from cnm_runtime.report import markdown_table
-from cnm_runtime.result_files import write_json_atomic
+from cnm_train.tables import markdown_table
+from cnm_runtime.run_files import write_json_atomic
 
 log = logging.getLogger("seed-sweep")
 

@@ -99,7 +99,7 @@ def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | 
             run = torch_runner(checkpoint, vocab, engine.provider, threads, engine.half)
             provider = f"torch-{engine.provider}"
         else:
-            run, provider = ort_runner(model, engine.provider, threads, max_batch)
+            run, provider = ort_runner(model, engine.provider, threads, max_batch, runs)
     except Exception as error:  # a provider that cannot start is a result ("not run: why"), not a crash
         answer({"error": f"{type(error).__name__}: {error}"})
         return

@@ -29,7 +29,7 @@ from cnm_runtime.annotations import load_annotations
 from cnm_runtime.datasets.dataset_files import write_queries
 from cnm_runtime.datasets.default import DEFAULT_NUM_VIDEOS, make_default_dataset
 from cnm_runtime.datasets.synth import synthesize_archive
-from cnm_runtime.report import markdown_table
+from cnm_train.tables import markdown_table
 from cnm_runtime.spans import HEADLINE_METRICS
 from cnm_runtime.text import load_glove
 from cnm_train.config import load_config

@@ -22,9 +22,11 @@ from onnx import numpy_helper
 
 from cnm_export.flops import Flops, graph_flops
 from cnm_export.graph import GeneratorGraph
-from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
+from cnm_runtime.batch import INPUT_NAMES
+from cnm_runtime.model_spec import OUTPUT_NAMES, ModelSpec
+from cnm_runtime.provenance import cnm_version, file_digest
 from cnm_runtime.text import Vocabulary, load_glove
-from cnm_train.checkpoint import file_sha256, load_checkpoint
+from cnm_train.checkpoint import load_checkpoint
 from cnm_train.model import CNM
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -40,20 +42,18 @@ class ExportSource:
     spec: ModelSpec  # precision fp32; export_model records the precision it writes
 
 
-def _cnm_version() -> str:
-    try:
-        return metadata.version("cnm")
-    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
-
-
-def training_directory(config: dict, checkpoint: Path) -> Path | None:
-    """Where training ran: the checkpoint's folder is ``train.model_saved_path`` (tag included) below it."""
+def training_directory(config: dict, checkpoint: Path) -> Path:
+    """Where training ran: the checkpoint's folder is ``train.model_saved_path`` (tag included) below it
+    (the checkpoint's folder itself where it is not)."""
     saved = Path(config["train"].get("model_saved_path", ""))
     folder = checkpoint.resolve().parent
     if saved.is_absolute() or not saved.parts or folder.parts[-len(saved.parts):] != saved.parts:
-        return None
+        return folder
     return Path(*folder.parts[: -len(saved.parts)])
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return bool(folder.parts) and not path.is_absolute() and path.parts[: len(folder.parts)] == folder.parts
 
 
 def resolve_vocab(config: dict, vocab: str | Path | None, checkpoint: Path) -> Path:
@@ -63,10 +63,13 @@ def resolve_vocab(config: dict, vocab: str | Path | None, checkpoint: Path) -> P
     if vocab is not None:
         return Path(vocab)
     default = config["dataset"].get("vocab_path")
-    trained_in = training_directory(config, checkpoint)
-    for base in (Path.cwd(), trained_in):
-        if default and base is not None and (base / default).is_file():
-            return base / default
+    candidates = [Path.cwd() / default, training_directory(config, checkpoint) / default] if default else []
+    if default and _inside(Path(default), Path(config["train"].get("model_saved_path", ""))):
+        # a vocabulary kept in training's output folder travels with it: find it from the checkpoint's folder
+        candidates.append(checkpoint.resolve().parent / Path(default).relative_to(config["train"]["model_saved_path"]))
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
     raise FileNotFoundError(
         f"no vocabulary given and the checkpoint's dataset.vocab_path {default!r} exists neither here nor "
         "where training ran; pass --vocab, the glove.pkl the model was trained with"
@@ -90,8 +93,8 @@ def load_source(checkpoint: str | Path, vocab: str | Path | None = None) -> Expo
         frame_dim=model.cfg.frames_input_size,
         max_width=model.cfg.max_width,
         dataset=str(dataset.get("dataset", "")),
-        checkpoint_sha256=file_sha256(checkpoint),
-        versions={"torch": torch.__version__, "onnx": onnx.__version__, "cnm": _cnm_version()},
+        checkpoint_sha256=file_digest(checkpoint),
+        versions={"torch": torch.__version__, "onnx": onnx.__version__, "cnm": cnm_version()},
     )
     return ExportSource(model, vocabulary.word_vectors(glove), spec)
 

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from cnm_runtime.batch import Batch
-from cnm_runtime.feed import BatchMaker
+from cnm_runtime.chunks import BatchMaker
 from cnm_runtime.model_spec import ModelSpec
-from cnm_runtime.queries import Query, QueryError, read_lines
+from cnm_runtime.options import RunOptions
+from cnm_runtime.outcomes import QueryError
+from cnm_runtime.queries import Query, read_lines
 from cnm_runtime.session import ModelSession
 from cnm_runtime.spans import HEADLINE_METRICS, grounding_metrics, spans_from_gaussian, temporal_iou
 from cnm_runtime.text import EncodedQuery, pad_word_ids
@@ -133,11 +135,12 @@ def load_labelled_set(features: str | Path, queries: str | Path, spec: ModelSpec
     """The first ``limit`` queries of ``queries`` (all by default) over the archive ``features``, prepared by
     cnm-run's own batch maker (each video read once); a query that cannot be prepared or has no ground
     truth is logged and left out."""
-    maker = BatchMaker(features, spec, keep_videos=limit or 1 << 30)
+    maker = BatchMaker(features, spec, RunOptions(keep_videos=limit or 1 << 30))
     try:
-        outcomes, batch = maker.prepare(list(itertools.islice(read_lines(queries), limit)))
+        chunk = maker.prepare(list(itertools.islice(read_lines(queries), limit)))
     finally:
         maker.close()
+    outcomes, batch = chunk.outcomes, chunk.batch
     kept = []
     for outcome in outcomes:
         if isinstance(outcome, QueryError):
@@ -185,7 +188,7 @@ def verify_labelled(session: ModelSession, model: CNM, word_vectors: np.ndarray,
 def verify_export(onnx_path: str | Path, model: CNM, word_vectors: np.ndarray, labelled: str | Path | None = None,
                   batch_sizes: tuple[int, ...] = RANDOM_BATCHES, seed: int = 0) -> Verification:
     """Compare the file at ``onnx_path`` with ``model`` (eval mode) on random inputs and ``labelled``."""
-    session = ModelSession(onnx_path, provider="cpu")
+    session = ModelSession(onnx_path, RunOptions(provider="cpu"))
     spec = session.spec
     rng = np.random.default_rng(seed)
     cases = []

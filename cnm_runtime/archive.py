@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from cnm_runtime.errors import InputError
+from cnm_runtime.options import ArchiveOptions
 
 C3D_DATASET = "c3d_features"
 MAX_VIRTUAL_DEPTH = 8  # virtual datasets whose sources are virtual datasets, and so on: more is refused
@@ -31,11 +32,9 @@ MAX_VIRTUAL_DEPTH = 8  # virtual datasets whose sources are virtual datasets, an
 class FeatureArchive:
     """A read-only HDF5 feature archive; use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | Path, follow_outside_links: bool = True):
-        """``follow_outside_links=False``: a video whose values would be read from a file outside the folder
-        of ``path`` (through an external link, a virtual dataset or external raw storage) is refused."""
+    def __init__(self, path: str | Path, options: ArchiveOptions = ArchiveOptions()):
         self.path = Path(path)
-        self.follow_outside_links = follow_outside_links
+        self.follow_outside_links = options.follow_outside_links
         self._folder = Path(os.path.realpath(self.path.absolute().parent))
         try:
             self._file = h5py.File(self.path, "r")

@@ -1,20 +1,19 @@
 """A batch as the exported graph takes it: the one shape that cnm-run, cnm-export --verify and the
 benchmarks hand to a model.
 
-A batch holds each of its videos once (``frames``) and says which one each query reads
+Its fields are the graph's inputs, by name and in order (``INPUT_NAMES``). A batch holds each of its videos once (``frames``) and says which one each query reads
 (``video_index``), so the graph runs the work that reads no words once per video however many of its
 queries the batch holds. ``cnm_runtime.model_spec`` documents the inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Hashable, Sequence
 
 import numpy as np
 
 from cnm_runtime.features import Clips
-from cnm_runtime.model_spec import INPUT_NAMES
 from cnm_runtime.text import EncodedQuery, pad_word_ids
 
 
@@ -49,6 +48,10 @@ class Batch:
     def load(cls, path: str | Path) -> "Batch":
         with np.load(path) as arrays:
             return cls(*(arrays[name] for name in INPUT_NAMES))
+
+
+# The exported graph's inputs: a batch's fields (cnm_runtime.model_spec documents them).
+INPUT_NAMES = tuple(field.name for field in fields(Batch))
 
 
 def build_batch(queries: Sequence[tuple[Hashable, Clips, EncodedQuery]], word_slots: int,

@@ -1,49 +1,56 @@
 """cnm-run: ground every query of a queries file in the videos of a feature archive, in batches.
 
-Predictions go to ``-o`` (standard output by default) as JSON lines in input order, each flushed as
-its batch finishes; ``--resume`` completes a file that a crash or Ctrl-C left unfinished. Bad
-queries and videos become records of ``--errors`` and the run goes on; the exit status is 1 when
-they exceed ``--max-errors``. Progress, logs and the summary go to standard error.
+Predictions go to ``-o`` (standard output by default) as JSON lines in input order, each flushed as its batch
+finishes; ``--resume`` completes a file that a crash or Ctrl-C left unfinished. Bad queries and videos become
+records of ``--errors`` and the run goes on. Progress, logs and the summary go to standard error; the exit
+status says how the run ended (``EXIT_STATUSES``). This module turns the flags into one
+``RunOptions`` and the run's files, checks them, and hands them to the local run or the Ray engine.
 """
 from __future__ import annotations
 
 import logging
+import signal
 import sys
-import time
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import click
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from cnm_runtime.archive import FeatureArchive
-from cnm_runtime.grounder import Grounder
-from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
-from cnm_runtime.queries import QueryError, count_queries
-from cnm_runtime.report import RunTally, summary_lines
-from cnm_runtime.session import FALLBACKS
+# Only light modules here: the signal handlers go in before numpy, h5py and ONNX Runtime load (in the
+# engines' functions below), so that Ctrl-C during start-up ends the run as cleanly as later.
+from cnm_runtime.options import DEFAULT_MAX_VIDEO_BYTES, PROVIDER_CHOICES, ArchiveOptions, RunOptions
+from cnm_runtime.run_files import OutputError, OutputInUse, RunFiles, refuse_aliases, write_json_atomic
+from cnm_runtime.stop import StopSignals
 
 log = logging.getLogger("cnm-run")
+
+# How a run ended (click gives 2 to a usage error, which cnm-run also uses for inputs it cannot use)
+EXIT_OK = 0
 EXIT_TOO_MANY_ERRORS = 1
-EXIT_INTERRUPTED = 130
+EXIT_USAGE = 2
+EXIT_FAILED = 70
+EXIT_OUTPUT = 74
+EXIT_STATUSES = {
+    EXIT_OK: "every query ended as a prediction or an error record, and errors are within --max-errors",
+    EXIT_TOO_MANY_ERRORS: "more error records than --max-errors",
+    EXIT_USAGE: "a flag, input or output that cannot be used (outputs that are inputs, an output another run "
+                "holds, a resume of other inputs, a model or archive that cannot be read); nothing was grounded",
+    EXIT_FAILED: "the run could not go on (a feed process died, the Ray cluster failed); what is written stays "
+                 "and --resume (the same command, with Ray) continues it",
+    EXIT_OUTPUT: "an output could not be written (disk full, no permission); what is written stays and --resume "
+                 "completes it",
+    128 + signal.SIGINT: "stopped by Ctrl-C (SIGINT); what is written stays, the metrics count it, and --resume "
+                         "continues it",
+    128 + signal.SIGTERM: "stopped by SIGTERM; as for Ctrl-C",
+}
 
 
-def _resume(output: Path, tally: RunTally) -> list[str | int]:
-    """The qids already in ``output`` (counted into ``tally``); an unfinished last line is cut off."""
-    if not output.exists():
-        log.info("nothing to resume: %s does not exist yet", output)
-        return []
-    done = []
-    try:
-        for record in read_back(output):
-            done.append(record["qid"])
-            tally.add_prediction(record, resumed=True)
-    except ValueError as error:
-        raise click.ClickException(f"cannot resume: {error}") from error
-    log.info("resuming: %d predictions already in %s", len(done), output)
-    return done
+class Failed(Exception):
+    """The run ended early; ``status`` is cnm-run's exit status for it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,106 +68,162 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Counts, IoU@0.1..0.9 and mIoU (queries with timestamps), speed and provider, as JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--provider", type=click.Choice(sorted(FALLBACKS)), default="auto", show_default=True,
-              help="auto tries TensorRT, then CUDA, then the CPU; a provider named here must start.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="ONNX Runtime threads a run (0: on the CPU provider 1; for a GPU, one per core, at most 8).")
-@click.option("--runs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Batches the model runs at once (0: on the CPU, the cores (at most 8) divided by --threads; "
-                   "on a GPU, 1).")
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True,
+              help="auto: TensorRT, else CUDA, else the CPU, whichever this machine can run; a provider named here "
+                   "must start.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="ONNX Runtime threads a run  [default: 1 on the CPU; for a GPU, one per core, at most 8]")
+@click.option("--runs", type=click.IntRange(min=1), default=None,
+              help="Batches the model runs at once  [default: on the CPU, the cores (at most 8) divided by --threads; "
+                   "on a GPU, 1]")
 @click.option("--feeders", type=click.IntRange(min=0), default=None,
-              help="Processes that read, resample, tokenize and stack batches (0: a thread of this process) "
-                   "[default: 0 on the CPU provider; on a GPU, one a core but one].")
+              help="Processes that read, resample, tokenize and stack batches (0: a thread of this process)  "
+                   "[default: 0 on the CPU; on a GPU, one a core but one]")
 @click.option("--keep-videos", type=click.IntRange(min=1), default=64, show_default=True,
               help="Recent videos kept in memory, so nearby queries of one video share a read.")
 @click.option("--trt-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="TensorRT engine and timing cache (default: ~/.cache/cnm/tensorrt).")
+              help="TensorRT engine and timing cache  [default: ~/.cache/cnm/tensorrt]")
 @click.option("--refuse-outside-links", is_flag=True,
               help="A video whose features would be read from a file outside the archive's folder (an HDF5 "
                    "external link, a virtual dataset's source, external raw storage) is a link_outside_archive "
                    "error instead.")
-@click.option("--resume", is_flag=True, help="Skip the qids already in -o and append the rest.")
+@click.option("--max-video-mb", type=click.IntRange(min=1), default=DEFAULT_MAX_VIDEO_BYTES >> 20,
+              show_default=True, help="A video whose features are larger is a video_too_large error, unread.")
+@click.option("--resume", is_flag=True, help="Skip the qids already in -o and append the rest (the same queries "
+                                             "and model only).")
 @click.option("--max-errors", type=click.IntRange(min=0), default=0, show_default=True,
               help="Exit with status 1 when there are more errors than this.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="ray: on Ray Data actors (pip install 'cnm[ray]'), into -o FOLDER, one file per shard; "
                    "the same command again finishes a run that stopped.")
 @click.option("--address", default=None, help="With --engine ray: 'auto' joins the cluster of this node (run "
-                                              "on a node, or by ray job submit); default: Ray on this machine.")
+                                              "on a node, or by ray job submit)  [default: Ray on this machine]")
 @click.option("--actors", type=click.IntRange(min=0), default=0, show_default=True,
               help="With --engine ray: actors, each one model session (0: one a GPU, else one per --threads CPUs).")
 @click.option("--shard-batches", type=click.IntRange(min=1), default=64, show_default=True,
               help="With --engine ray: batches a shard, the unit of work that a rerun skips when done.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
-         metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, feeders: int | None,
-         keep_videos: int, trt_cache: Path | None, refuse_outside_links: bool, resume: bool, max_errors: int,
-         engine: str, address: str | None, actors: int, shard_batches: int) -> None:
+         metrics_path: Path | None, batch_size: int, provider: str, threads: int | None, runs: int | None,
+         feeders: int | None, keep_videos: int, trt_cache: Path | None, refuse_outside_links: bool,
+         max_video_mb: int, resume: bool, max_errors: int, engine: str, address: str | None, actors: int,
+         shard_batches: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")
-    if engine == "ray":
-        from cnm_runtime import ray_job  # ray is imported only for this engine
+    options = RunOptions(provider=provider, threads=threads, runs=runs, batch_size=batch_size, feeders=feeders,
+                         keep_videos=keep_videos, trt_cache=trt_cache,
+                         archive=ArchiveOptions(follow_outside_links=not refuse_outside_links,
+                                                max_video_bytes=max_video_mb << 20))
+    files = RunFiles(model, features, queries, output, errors_path, metrics_path)
+    other_engine = {"ray": {"--errors": errors_path, "--resume": resume, "--runs": runs, "--feeders": feeders},
+                    "local": {"--address": address, "--actors": actors or None,
+                              "--shard-batches": None if shard_batches == 64 else shard_batches}}[engine]
+    _check(files, engine, resume, address, [flag for flag, value in other_engine.items() if value not in (None, False)])
+    with StopSignals() as stop:
+        from cnm_runtime.report import summary_lines
 
-        options = ray_job.RayOptions(actors=actors, threads=threads or 1, provider=provider, batch_size=batch_size,
-                                     keep_videos=keep_videos, trt_cache=str(trt_cache) if trt_cache else None)
-        job = ray_job.RayJob(model=model, features=features, queries=queries, out=output, address=address,
-                             options=options, shard_batches=shard_batches, metrics=metrics_path, max_errors=max_errors)
-        ray_job.run_from_cli(job, ignored={"--errors": errors_path, "--resume": resume, "--runs": runs,
-                                           "--feeders": feeders})
-        return
-    if output.is_dir():
-        raise click.UsageError(f"-o {output} is a folder; the local engine writes one file")
-    to_stdout = str(output) == "-"
-    if resume and to_stdout:
+        try:
+            if engine == "ray":
+                metrics = _ray(files, options, address, actors, shard_batches, stop)
+            else:
+                metrics = _local(files, options, resume, stop)
+            if files.metrics:
+                write_json_atomic(files.metrics, metrics)
+        except Failed as failure:
+            log.error("%s", failure)
+            sys.exit(failure.status)
+        for line in summary_lines(metrics):
+            log.info("%s", line)
+        if stop.requested:
+            log.info("stopped: %s holds every result made so far; %s", files.output,
+                     "the same command finishes the rest" if engine == "ray" else "rerun with --resume to finish")
+            sys.exit(stop.exit_status)
+        if metrics["errors"] > max_errors:
+            log.error("%d errors, more than --max-errors %d%s", metrics["errors"], max_errors,
+                      f" (see {errors_path or output})" if errors_path or engine == "ray" else "")
+            sys.exit(EXIT_TOO_MANY_ERRORS)
+
+
+def _check(files: RunFiles, engine: str, resume: bool, address: str | None, other_engine: list[str]) -> None:
+    """UsageError for flags that do not go together, and for outputs that are inputs or one another."""
+    if other_engine:
+        reason = "it writes errors to -o FOLDER, resumes by itself and runs one batch an actor" if engine == "ray" \
+            else "they are for --engine ray"
+        raise click.UsageError(f"--engine {engine} does not take {', '.join(other_engine)}: {reason}")
+    if engine == "ray":
+        if files.to_stdout:
+            raise click.UsageError("--engine ray needs -o FOLDER: each shard's predictions and errors go there")
+        if address and address.startswith("ray://"):
+            raise click.UsageError("Ray Data does not run through Ray Client (ray://): run cnm-run on a node of the "
+                                   "cluster with --address auto, e.g. ray job submit --address http://HEAD:8265 -- "
+                                   "cnm-run --engine ray --address auto ...")
+    elif files.output.is_dir():
+        raise click.UsageError(f"-o {files.output} is a folder; the local engine writes one file")
+    if resume and files.to_stdout:
         raise click.UsageError("--resume needs -o FILE: standard output cannot be read back")
     try:
-        FeatureArchive(features).close()  # fail now, not in a feed process
-        grounder = Grounder(model, provider=provider, threads=threads or None, runs=runs or None,
-                            batch_size=batch_size, feeders=feeders, keep_videos=keep_videos, trt_cache_dir=trt_cache,
-                            follow_outside_links=not refuse_outside_links)
+        refuse_aliases(files.inputs(), files.outputs())
+        if engine == "ray":
+            from cnm_runtime.scaleout.shard_files import refuse_inputs_inside
+
+            refuse_inputs_inside(files.output, files.inputs())
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+
+
+def _local(files: RunFiles, options: RunOptions, resume: bool, stop: StopSignals) -> dict[str, Any]:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cnm_runtime.archive import FeatureArchive
+    from cnm_runtime.grounder import Grounder
+    from cnm_runtime.local_run import run_local
+    from cnm_runtime.provenance import ProvenanceMismatch
+
+    try:
+        FeatureArchive(files.features, options.archive).close()  # fail now, not in a feed process
+        grounder = Grounder(files.model, options)
     except (OSError, ValueError, RuntimeError) as error:
-        raise click.ClickException(str(error)) from error
-    log.info("model %s on %s, batches of %d (%d at once, threads a run: %d), feed processes: %d", model,
-             grounder.provider, batch_size, grounder.runs, grounder.session.threads, grounder.feeders)
-
-    tally = RunTally()
-    done = _resume(output, tally) if resume else []
-    started = time.perf_counter()
-    interrupted = False
-    with ExitStack() as files:
-        predictions = files.enter_context(JsonLines(None if to_stdout else output, append=resume))
-        error_file = files.enter_context(JsonLines(errors_path)) if errors_path else None
-        progress = files.enter_context(tqdm(total=count_queries(queries), initial=len(done), unit="query",
-                                            file=sys.stderr, disable=None, dynamic_ncols=True))
-        files.enter_context(logging_redirect_tqdm())
+        raise Failed(EXIT_USAGE, str(error)) from error
+    with grounder:
+        log.info("model %s on %s, batches of %d (%d at once, threads a run: %d), feed processes: %s", files.model,
+                 grounder.provider, options.batch_size, grounder.session.runs, grounder.session.threads,
+                 options.feeders if options.feeders is not None else grounder.session.default_feeders())
         try:
-            for result in grounder.ground(features, queries, skip_qids=done):
-                if isinstance(result, QueryError):
-                    tally.add_error(result)
-                    if error_file:
-                        error_file.write(result.record())
-                    else:
-                        log.warning("qid %s: %s: %s", result.qid, result.code, result.message)
-                else:
-                    record = result.record()
-                    predictions.write(record)
-                    tally.add_prediction(record)
-                progress.update(1)
-        except KeyboardInterrupt:
-            interrupted = True
+            return run_local(grounder, files, resume, stop)
+        except OutputError as error:
+            raise Failed(EXIT_OUTPUT, str(error)) from error
+        except (OutputInUse, ProvenanceMismatch, ValueError) as error:
+            raise Failed(EXIT_USAGE, str(error)) from error
         except BrokenProcessPool as error:  # a feed process was killed (out of memory?): keep what is written
-            raise click.ClickException(f"a feed process died ({error}); the predictions made so far are "
-                                       "written, and --resume continues them") from error
+            raise Failed(EXIT_FAILED, f"a feed process died ({error}); the predictions made so far are written, "
+                                      "and --resume continues them") from error
 
-    metrics = tally.metrics(grounder.provider, time.perf_counter() - started)
-    for line in summary_lines(metrics):
-        log.info("%s", line)
-    if interrupted:
-        log.info("interrupted: %s holds every prediction made so far; rerun with --resume to finish",
-                 "standard output" if to_stdout else output)
-        sys.exit(EXIT_INTERRUPTED)
-    if metrics_path:
-        write_json_atomic(metrics_path, metrics)
-    if metrics["errors"] > max_errors:
-        log.error("%d errors, more than --max-errors %d%s", metrics["errors"], max_errors,
-                  f" (see {errors_path})" if errors_path else "")
-        sys.exit(EXIT_TOO_MANY_ERRORS)
+
+def _ray(files: RunFiles, options: RunOptions, address: str | None, actors: int, shard_batches: int,
+         stop: StopSignals) -> dict[str, Any]:
+    from cnm_runtime.archive import FeatureArchive
+    from cnm_runtime.grounder import Grounder
+    from cnm_runtime.provenance import ProvenanceMismatch
+
+    from cnm_runtime.scaleout.job import RayOptions, loopback_only, run_ray
+
+    if address is None:
+        loopback_only()  # before ray is imported
+    try:
+        from ray.exceptions import RayError  # ray is imported only for this engine
+    except ImportError as error:
+        raise Failed(EXIT_USAGE, "--engine ray needs Ray Data: pip install 'cnm[ray]'") from error
+    try:
+        FeatureArchive(files.features, options.archive).close()
+        Grounder(files.model, options, provider="cpu").close()  # a missing or broken model fails here, once
+        return run_ray(files, options, RayOptions(address, actors, shard_batches), stop)
+    except OutputError as error:
+        raise Failed(EXIT_OUTPUT, str(error)) from error
+    except (OutputInUse, ProvenanceMismatch) as error:
+        raise Failed(EXIT_USAGE, str(error)) from error
+    except RayError as error:  # an actor failed or died, or the cluster went away
+        if stop.requested:  # Ctrl-C reaches Ray's processes too
+            raise Failed(stop.exit_status, f"stopped: {files.output} holds every shard finished so far") from error
+        raise Failed(EXIT_FAILED, f"{error}\nthe shards written so far are kept; the same command grounds the "
+                                  "rest") from error
+    except (OSError, ValueError, RuntimeError) as error:  # the model, the archive, the queries
+        raise Failed(EXIT_USAGE, str(error)) from error

@@ -30,6 +30,11 @@ ERROR_CODES: dict[str, str] = {
     "non_finite": "the video's features contain NaN or Inf",
     # the model
     "non_finite_output": "the model gave a non-finite center or width",
+    "output_out_of_range": "the model gave a center outside [0, 1] or a negative width (it is not a working "
+                           "CNM export); no window is made up for the query",
+    # anything else
+    "internal_error": "handling this query or its video raised an unexpected exception (a bug: please report "
+                      "the message, which names the exception); the run went on without it",
 }
 
 

@@ -1,6 +1,7 @@
 """Raw clip features of any length -> exactly ``num_clips`` clips, as the original datasets do it."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -15,7 +16,9 @@ class Clips:
 
     source: np.ndarray  # [n, frame_dim] float32: the video's rows, or its resampled clips
     rows: np.ndarray  # [num_clips]: the row of source that each clip is
-    duration: float | None = None  # seconds, from the archive's ``duration`` attribute
+    duration: float | None = None  # seconds, from the archive's ``duration`` attribute: finite and positive
+    # why the archive's duration cannot be used (its queries then need their own), None where it can
+    duration_error: str | None = None
 
     @property
     def frames(self) -> np.ndarray:
@@ -82,8 +85,11 @@ def _clip_plan(num_rows: int, num_clips: int) -> tuple[np.ndarray, np.ndarray, i
 
 def to_clips(features: np.ndarray, num_clips: int, frame_dim: int | None, video: str,
              duration: float | None = None) -> Clips:
-    """Raw ``[L, D]`` features, validated (InputError names ``video``) and resampled to ``num_clips``."""
+    """Raw ``[L, D]`` features, validated (InputError names ``video``) and resampled to ``num_clips``; a
+    ``duration`` that is not a finite positive number of seconds is kept as the clips' ``duration_error``."""
     source, rows = resample_rows(validate_features(features, frame_dim, video), num_clips)
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        return Clips(source, rows, None, f"video {video!r} has duration {duration} in the archive")
     return Clips(source, rows, duration)
 
 

@@ -1,124 +1,54 @@
-"""Chunks of queries -> batches the model can run: all the work between the queries file and the model.
+"""The pipeline between a queries source and results: chunks prepared ahead, their batches run on the model,
+and each chunk handed back, in order, with the model's outputs for it.
 
-A chunk is ``batch_size`` consecutive entries of the queries. Preparing it (``BatchMaker.prepare``) parses
-and checks each entry, encodes its sentence, reads and resamples its video (a recent video once) and
-gathers the clips into one ``Batch``; every entry ends as a row of the batch (``PreparedQuery``), a
-``QueryError``, or as ``Done`` (its qid is in an earlier run's output).
+``Feed.chunks(entries)`` cuts the entries into chunks of ``batch_size``, prepares up to ``ahead`` of them at
+a time (``chunks.BatchMaker``: parse, encode, read videos, gather a batch), keeps ``runs + 1`` batches with the
+model (so the next starts as soon as one ends) and frees a batch's frames as soon as the model is done with
+them. Memory stays bounded whatever the sizes of the archive and the queries.
 
-``Feed`` prepares chunks in a thread of this process, or in feed processes that each open the archive
-themselves (h5py serialises every call behind one lock, so only processes read in parallel) and write
-the batch's frames into a slot of shared memory (``FrameSlots``): the process that runs the model gets
-a slot number and the small arrays. A chunk's result does not depend on who prepared it, so the
-predictions are the same for any number of feed processes. Feed processes are started with ``spawn``:
-a script that grounds with ``processes > 0`` needs the usual ``if __name__ == "__main__":`` guard, and
-each feed process imports that script again, so heavy imports at its top (torch) slow every feed process
-(``python -m benchmarks.feed_only`` runs the feed in a light process for that reason).
+Chunks are prepared in a thread of this process (``feeders=0``), or in feed processes that each open the
+archive themselves (h5py serialises every call behind one lock, so only processes read in parallel) and write
+the batch's frames into a slot of shared memory (``FrameSlots``): this process gets a slot number and the small
+arrays. A chunk's result does not depend on who prepared it, so the predictions are the same for any number
+of feed processes. Feed processes are started with ``spawn``: a script that grounds with feeders needs the
+usual ``if __name__ == "__main__":`` guard, and each feed process imports that script again, so heavy imports
+at its top (torch) slow every feed process (``python -m benchmarks.feed_only`` runs the feed in a light
+process for that reason).
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import signal
 import tempfile
+from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Collection, Sequence, Union
+from typing import Collection, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from cnm_runtime.archive import FeatureArchive
-from cnm_runtime.batch import Batch, build_batch
-from cnm_runtime.errors import InputError
-from cnm_runtime.features import Clips
+from cnm_runtime.batch import Batch
+from cnm_runtime.chunks import BatchMaker, Chunk, Outputs
 from cnm_runtime.model_spec import ModelSpec
-from cnm_runtime.queries import QidKey, Query, QueryError, QueryLine, parse, qid_key
-from cnm_runtime.text import EncodedQuery
-from cnm_runtime.videos import RecentVideos
+from cnm_runtime.options import RunOptions
+from cnm_runtime.outcomes import QueryError
+from cnm_runtime.queries import QidKey, Query, QueryLine
 
 
-@dataclass(frozen=True)
-class PreparedQuery:
-    """A query that is row ``row`` of its chunk's batch."""
+class Model(Protocol):
+    """What the feed needs of a model session (cnm_runtime.session.ModelSession is one)."""
 
-    query: Query
-    encoded: EncodedQuery
-    duration: float | None  # seconds: from the query, else from the archive
-    row: int
+    spec: ModelSpec
+    frames_dtype: np.dtype
+    runs: int
 
-    @property
-    def qid(self) -> str | int:
-        return self.query.qid
+    def submit(self, batch: Batch) -> Future: ...
 
-    @property
-    def line(self) -> int:
-        return self.query.line
-
-
-@dataclass(frozen=True)
-class Done:
-    """An entry whose qid an earlier run has predicted already (``--resume``)."""
-
-    qid: str | int
-    line: int
-
-
-Outcome = Union[PreparedQuery, QueryError, Done]
-Entry = Union[QueryLine, Query, QueryError]
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A chunk made ready: one outcome per entry, in order, and the batch of its prepared queries."""
-
-    outcomes: list[Outcome]
-    batch: Batch | None  # None when no entry of the chunk is left to run
-    slot: int  # the frames slot the batch lies in; free it (``Feed.release``) once the model has run
-
-
-class BatchMaker:
-    """Prepares chunks against one archive handle; each process that prepares chunks makes its own."""
-
-    def __init__(self, archive: str | Path, spec: ModelSpec, keep_videos: int, done: Collection[QidKey] = (),
-                 follow_outside_links: bool = True):
-        self.spec = spec
-        self.vocabulary = spec.vocabulary()
-        self.archive = FeatureArchive(archive, follow_outside_links)
-        self.videos = RecentVideos(self.archive, spec.frame_dim, spec.max_num_frames, keep_videos)
-        self.done = done  # qid keys (``qid_key``) of the queries to leave out
-
-    def close(self) -> None:
-        self.archive.close()
-
-    def prepare(self, entries: Sequence[Entry], frames: np.ndarray | None = None) -> tuple[list[Outcome], Batch | None]:
-        """Every entry's outcome, and the batch of those that are ready to run, gathered into ``frames``."""
-        outcomes: list[Outcome] = []
-        ready: list[tuple[str, Clips, EncodedQuery]] = []
-        for entry in entries:
-            outcome = self._outcome(parse(entry) if isinstance(entry, QueryLine) else entry, len(ready))
-            if isinstance(outcome, PreparedQuery):
-                ready.append((outcome.query.video, self.videos.get(outcome.query.video), outcome.encoded))
-            outcomes.append(outcome)
-        return outcomes, build_batch(ready, self.spec.word_slots, frames) if ready else None
-
-    def _outcome(self, query: Query | QueryError, row: int) -> Outcome:
-        if isinstance(query, QueryError):
-            return query
-        if qid_key(query.qid) in self.done:
-            return Done(query.qid, query.line)
-        where = f"line {query.line}"
-        try:
-            encoded = self.vocabulary.encode(query.sentence, self.spec.max_num_words, name=where)
-        except InputError as error:
-            return QueryError(query.qid, query.line, error.code, error.message)
-        clips = self.videos.get(query.video)
-        if isinstance(clips, InputError):
-            return QueryError(query.qid, query.line, clips.code, f"{where}: {clips.message}")
-        duration = query.duration if query.duration is not None else clips.duration
-        if duration is not None and not duration > 0:
-            return QueryError(query.qid, query.line, "bad_duration",
-                              f"{where}: video {query.video!r} has duration {duration} in the archive")
-        return PreparedQuery(query, encoded, duration, row)
+    def default_feeders(self) -> int: ...
 
 
 class FrameSlots:
@@ -161,50 +91,51 @@ _maker: BatchMaker | None = None
 _slots: np.ndarray | None = None
 
 
-def _start_feed_process(archive: str, spec: ModelSpec, keep_videos: int, done: frozenset[QidKey],
-                        follow_outside_links: bool, slots_path: str, slots_shape: tuple[int, ...], dtype: str) -> None:
+def _start_feed_process(archive: str, spec: ModelSpec, options: RunOptions, done: frozenset[QidKey],
+                        slots_path: str, slots_shape: tuple[int, ...], dtype: str) -> None:
     global _maker, _slots
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the main process ends us
-    _maker = BatchMaker(archive, spec, keep_videos, done, follow_outside_links)
+    # Ctrl-C and SIGTERM are the main process's to handle: it ends the feed processes itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _maker = BatchMaker(archive, spec, options, done)
     _slots = np.memmap(slots_path, np.dtype(dtype), "r+", shape=slots_shape)
 
 
-def _prepare_in_feed_process(entries: list[Entry], slot: int) -> tuple[list[Outcome], tuple | None]:
-    """What crosses back: the outcomes and the batch without its frames, which lie in ``slot``."""
-    outcomes, batch = _maker.prepare(entries, _slots[slot])
+def _prepare_in_feed_process(entries: list, slot: int) -> tuple[Chunk, tuple | None]:
+    """What crosses back: the chunk without its batch, and the batch without its frames, which lie in ``slot``."""
+    chunk = _maker.prepare(entries, _slots[slot])
+    batch = chunk.batch
     small = None if batch is None else (len(batch.frames), batch.video_index, batch.word_ids, batch.words_len)
-    return outcomes, small
+    return Chunk(chunk.outcomes, None), small
 
 
 class Feed:
-    """``submit(entries) -> Future[Prepared]``: chunks prepared in a thread (``processes=0``) or in
-    ``processes`` feed processes, at most ``ahead`` of them at a time; use as a context manager.
+    """``chunks(entries)``: each chunk of ``entries`` with the model's outputs for its batch, in order; use as a
+    context manager (or ``close()``), which ends the feed processes."""
 
-    ``runs`` is how many prepared batches the caller keeps with the model at once: the slots cover those,
-    one more being finished, and the chunks ahead.
-    """
-
-    def __init__(self, archive: str | Path, spec: ModelSpec, frames_dtype: np.dtype, batch_size: int,
-                 processes: int, runs: int, keep_videos: int, done: Collection[QidKey] = (),
-                 follow_outside_links: bool = True):
-        self.ahead = 2 * max(processes, 1)
-        shape = (batch_size, spec.max_num_frames, spec.frame_dim)
-        self.slots = FrameSlots(self.ahead + runs + 1, shape, frames_dtype, shared=processes > 0)
+    def __init__(self, archive: str | Path, model: Model, options: RunOptions, done: Collection[QidKey] = ()):
+        feeders = options.feeders if options.feeders is not None else model.default_feeders()
+        self.model, self.batch_size = model, options.batch_size
+        self.ahead = 2 * max(feeders, 1)  # chunks being prepared at once
+        shape = (options.batch_size, model.spec.max_num_frames, model.spec.frame_dim)
+        # a slot for each chunk ahead, each batch with the model, and the one being finished
+        self.slots = FrameSlots(self.ahead + model.runs + 1, shape, model.frames_dtype, shared=feeders > 0)
         self._maker: BatchMaker | None = None
         self._pool: Executor
         try:
-            if processes > 0:
-                FeatureArchive(archive).close()  # a missing or broken archive fails here, once
+            if feeders > 0:
+                FeatureArchive(archive, options.archive).close()  # a missing or broken archive fails here, once
                 self._pool = ProcessPoolExecutor(
-                    processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_feed_process,
-                    initargs=(str(archive), spec, max(1, keep_videos // processes), frozenset(done),
-                              follow_outside_links, self.slots.path, self.slots.shape, self.slots.dtype.str))
+                    feeders, mp_context=multiprocessing.get_context("spawn"), initializer=_start_feed_process,
+                    initargs=(str(archive), model.spec, _per_feeder(options, feeders), frozenset(done),
+                              self.slots.path, self.slots.shape, self.slots.dtype.str))
             else:
-                self._maker = BatchMaker(archive, spec, keep_videos, done, follow_outside_links)
+                self._maker = BatchMaker(archive, model.spec, options, done)
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="cnm-feed")
         except BaseException:
             self.slots.close()
             raise
+        self.feeders = feeders
 
     def __enter__(self) -> "Feed":
         return self
@@ -218,26 +149,62 @@ class Feed:
             self._maker.close()
         self.slots.close()
 
-    def submit(self, entries: list[Entry]) -> Future:
-        slot = self.slots.acquire()
-        prepared: Future = Future()
+    def chunks(self, entries: Iterable[QueryLine | Query | QueryError]) -> Iterator[tuple[Chunk, Outputs | None]]:
+        """Every chunk of ``entries`` and the model's outputs for its batch (None without a batch; the exception
+        where the model failed on it), in order, while the next chunks are prepared and run."""
+        pending = _cut(entries, self.batch_size)
+        preparing: deque[tuple[Future, int]] = deque()  # (chunk, slot) in order
+        running: deque[tuple[Chunk, Future | None, int]] = deque()  # (chunk, its run, slot) in order
+
+        def prepare_more() -> None:
+            while len(preparing) < self.ahead and (part := next(pending, None)) is not None:
+                slot = self.slots.acquire()
+                preparing.append((self._submit(part, slot), slot))
+
+        prepare_more()
+        while preparing:
+            future, slot = preparing.popleft()
+            chunk = future.result()  # raises only where a feed process died: the run cannot go on
+            running.append((chunk, None if chunk.batch is None else self.model.submit(chunk.batch), slot))
+            prepare_more()
+            while len(running) > self.model.runs:
+                yield self._finish(*running.popleft())
+        while running:
+            yield self._finish(*running.popleft())
+
+    def _finish(self, chunk: Chunk, run: Future | None, slot: int) -> tuple[Chunk, Outputs | None]:
+        try:
+            outputs = None if run is None else run.result()
+        except Exception as error:  # the model failed on this batch: its queries' error, not the run's end
+            outputs = error
+        finally:
+            self.slots.release(slot)
+        return chunk, outputs
+
+    def _submit(self, entries: list, slot: int) -> Future:
         if self._maker is not None:
-            work = self._pool.submit(self._maker.prepare, entries, self.slots.array[slot])
-            work.add_done_callback(lambda done: _settle(prepared, done, lambda result: Prepared(*result, slot)))
-        else:
-            work = self._pool.submit(_prepare_in_feed_process, entries, slot)
-            work.add_done_callback(lambda done: _settle(prepared, done, lambda result: self._from_slot(result, slot)))
+            return self._pool.submit(self._maker.prepare, entries, self.slots.array[slot])
+        prepared: Future = Future()
+        work = self._pool.submit(_prepare_in_feed_process, entries, slot)
+        work.add_done_callback(lambda done: _settle(prepared, done, lambda result: self._from_slot(*result, slot)))
         return prepared
 
-    def release(self, slot: int) -> None:
-        self.slots.release(slot)
-
-    def _from_slot(self, result: tuple[list[Outcome], tuple | None], slot: int) -> Prepared:
-        outcomes, small = result
+    def _from_slot(self, chunk: Chunk, small: tuple | None, slot: int) -> Chunk:
         if small is None:
-            return Prepared(outcomes, None, slot)
+            return chunk
         videos, video_index, word_ids, words_len = small
-        return Prepared(outcomes, Batch(self.slots.array[slot, :videos], video_index, word_ids, words_len), slot)
+        return Chunk(chunk.outcomes, Batch(self.slots.array[slot, :videos], video_index, word_ids, words_len))
+
+
+def _per_feeder(options: RunOptions, feeders: int) -> RunOptions:
+    """Each feed process keeps its share of the recent videos."""
+    return replace(options, keep_videos=max(1, options.keep_videos // feeders))
+
+
+def _cut(entries: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(entries)
+    while part := list(itertools.islice(iterator, size)):
+        yield part
 
 
 def _settle(future: Future, done: Future, convert) -> None:

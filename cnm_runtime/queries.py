@@ -13,6 +13,7 @@ whole, may be at most ``MAX_LIST_BYTES``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import reprlib
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from cnm_runtime.annotations import parse_annotation
-from cnm_runtime.errors import InputError, require_code
+from cnm_runtime.errors import InputError
+from cnm_runtime.outcomes import QueryError
 
 MAX_LINE_BYTES = 1 << 20  # 1 MiB: a query line is a few hundred bytes
 # 64 MiB: many times any Charades-STA or ActivityNet Captions split; a list is parsed whole, and takes
@@ -43,22 +45,6 @@ class Query:
     sentence: str
     duration: float | None  # seconds
     timestamps: tuple[float, float] | None  # ground truth, seconds
-
-
-@dataclass(frozen=True)
-class QueryError:
-    """One query (or input line) that produced no prediction, and why."""
-
-    qid: str | int | None
-    line: int
-    code: str  # one of cnm_runtime.errors.ERROR_CODES
-    message: str
-
-    def __post_init__(self) -> None:
-        require_code(self.code)
-
-    def record(self) -> dict[str, Any]:
-        return {"qid": self.qid, "line": self.line, "code": self.code, "message": self.message}
 
 
 QidKey = tuple[bool, "str | int | None"]
@@ -259,6 +245,15 @@ def count_queries(path: str | Path) -> int:
     """How many results ``path`` gives (non-blank lines, or list entries, or the one error of a list that
     cannot be read), for a progress bar's total."""
     return sum(1 for _ in read_lines(path))
+
+
+def scan_queries(path: str | Path) -> tuple[int, str]:
+    """``(count_queries, SHA-256 of the file)``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return count_queries(path), digest.hexdigest()
 
 
 def as_lines(source: str | Path | Iterable[Query | QueryError | dict]) -> Iterator[QueryLine | Query | QueryError]:

@@ -1,4 +1,5 @@
-"""What a cnm-run did: counts, grounding metrics and speed, built from the records it writes.
+"""What a cnm-run did, for both engines: counts, grounding metrics and speed built from the records it writes,
+and the summary a person reads.
 
 The tally reads prediction records (the dicts written to the output), so a resumed run counts the
 predictions of the earlier run, read back from the file, exactly like its own.
@@ -7,11 +8,11 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from cnm_runtime.queries import QueryError
+from cnm_runtime.outcomes import QueryError
 from cnm_runtime.spans import grounding_metrics
 
 
@@ -58,13 +59,6 @@ class RunTally:
             "wall_s": round(wall_s, 3),
             "queries_per_s": round(processed / wall_s, 1) if wall_s > 0 else None,
         }
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str | None = None) -> list[str]:
-    """A markdown table as lines; ``align`` holds one character a column, ``l`` or ``r`` (default: all left)."""
-    align = align or "l" * len(header)
-    rule = "|" + "|".join("---:" if side == "r" else "---" for side in align) + "|"
-    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(row) + " |" for row in rows)]
 
 
 def summary_lines(metrics: dict[str, Any]) -> list[str]:

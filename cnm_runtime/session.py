@@ -1,28 +1,38 @@
 """An exported CNM model in ONNX Runtime, on the best provider at hand, and a report of which one ran.
 
-``auto`` tries TensorRT, then CUDA, then the CPU. onnxruntime-gpu lists the GPU providers even where
-their libraries or the GPU are missing and then quietly falls back to the CPU, so the provider that
-runs is read back from the session after it is made; a provider asked for by name that does not come
-up is an error rather than a silent slow run. Inputs and outputs go through IO binding on every
+``auto`` tries TensorRT, then CUDA, then the CPU, but only what this machine can run: onnxruntime-gpu
+lists the GPU providers even where their libraries or the GPU are missing (and then falls back to the CPU
+with pages of warnings), so ``auto`` first looks for a CUDA driver with a device, and for TensorRT's
+library. A provider asked for by name that cannot start is an error, never a silent slow run.
+
+The model runs only in the session's own threads (``runs`` of them, each with an ONNX Runtime session made
+in that thread): ONNX Runtime flushes denormals to zero in the thread that makes a session and in those that
+run it, and that must not leak into the caller's threads. Inputs and outputs go through IO binding on every
 provider (on a GPU the inputs are copied to the device once and the outputs stay there until read).
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import os
 import sys
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from cnm_runtime.batch import Batch
 from cnm_runtime.cores import available_cores
-from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
+from cnm_runtime.model_spec import ModelSpec, check_graph
+from cnm_runtime.options import RunOptions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -36,17 +46,11 @@ FALLBACKS = {
     "cuda": ("cuda", "cpu"),
     "cpu": ("cpu",),
 }
+ORT_QUIET = 4  # fatal messages only
 ORT_DEFAULT_LOG_SEVERITY = 2  # warnings, ONNX Runtime's own default
 # Graph rewrites left out on the CPU provider: ONNX Runtime's CPU kernel for SkipLayerNormalization (residual
 # Add + LayerNorm in one node, fused in int8 graphs) is slower than the two plain nodes it replaces.
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
-
-
-def default_trt_cache_dir() -> Path:
-    """Where TensorRT engines and timing caches are kept between runs (engines take minutes to build)."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnm" / "tensorrt"
-
-
 # The threads cnm-run keeps busy when none are asked for: one per core, at most this many, since past that
 # the threads of a model this small wait on each other more than they compute (benchmarks/cnm_run_scale.py
 # settings sweeps them on a machine).
@@ -61,6 +65,43 @@ def default_threads() -> int:
     return min(available_cores(), MAX_DEFAULT_THREADS)
 
 
+def default_trt_cache_dir() -> Path:
+    """Where TensorRT engines and timing caches are kept between runs (engines take minutes to build)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnm" / "tensorrt"
+
+
+def _loads(library: str) -> bool:
+    try:
+        ctypes.CDLL(library)
+        return True
+    except OSError:
+        return False
+
+
+def cuda_devices() -> int:
+    """CUDA devices the driver sees; 0 without a driver (asked of libcuda itself, which is cheap and, unlike
+    a session on the CUDA provider, says nothing on a machine without a GPU)."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1" if sys.platform != "win32" else "nvcuda.dll")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def _runnable(short: str) -> str | None:
+    """Why this machine cannot run provider ``short`` (a key of PROVIDERS), or None if it may."""
+    if PROVIDERS[short] not in ort.get_available_providers():
+        return f"this onnxruntime build has no {PROVIDERS[short]} (it offers {ort.get_available_providers()})"
+    if short in ("cuda", "tensorrt") and not cuda_devices():
+        return "no CUDA GPU is visible here (no NVIDIA driver, or no device)"
+    if short == "tensorrt" and not _loads("libnvinfer.so.10"):
+        return "TensorRT's library (libnvinfer.so.10) is not installed: pip install 'cnm[tensorrt]'"
+    return None
+
+
 def _options(threads: int) -> ort.SessionOptions:
     """The session options of every provider, with ``threads`` ONNX Runtime threads a run."""
     options = ort.SessionOptions()
@@ -70,9 +111,8 @@ def _options(threads: int) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle threads sleep instead of spinning: the feed needs the cores the model is not using.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Flush denormals to zero: a softmax over masked keys underflows, and the CPU's slow path for denormal
-    # results would cost more than the useful work. It holds on ONNX Runtime's own threads and on whichever
-    # thread calls run; weights below 1.2e-38 become 0.
+    # Flush denormals to zero in the session's threads: a softmax over masked keys underflows, and the CPU's
+    # slow path for denormal results would cost more than the useful work; weights below 1.2e-38 become 0.
     options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
@@ -82,129 +122,154 @@ def _shapes(spec: ModelSpec, batch: int) -> str:
     (a batch never holds more videos than queries)."""
     dims = {"frames": (batch, spec.max_num_frames, spec.frame_dim), "video_index": (batch,),
             "word_ids": (batch, spec.word_slots), "words_len": (batch,)}
-    return ",".join(f"{name}:{'x'.join(map(str, dims[name]))}" for name in INPUT_NAMES)
+    return ",".join(f"{name}:{'x'.join(map(str, shape))}" for name, shape in dims.items())
+
+
+def provider_chain(options: RunOptions, spec: ModelSpec) -> list:
+    """ONNX Runtime's ``providers`` list for ``options.provider``: what this machine can run of its
+    fallbacks, best first, each with its options. A provider named outright that cannot run: RuntimeError."""
+    if options.provider != "auto":
+        problem = _runnable(options.provider)
+        if problem:
+            raise RuntimeError(f"--provider {options.provider}: {problem}")
+    chain: list = []
+    for short in FALLBACKS[options.provider]:
+        if _runnable(short):
+            continue
+        if short == "tensorrt":
+            cache = Path(options.trt_cache or default_trt_cache_dir())
+            cache.mkdir(parents=True, exist_ok=True)
+            chain.append((PROVIDERS[short], {
+                "trt_fp16_enable": True,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": True,
+                "trt_timing_cache_path": str(cache),
+                # one profile for every batch size of the run: 1 (a short last batch) to batch_size
+                "trt_profile_min_shapes": _shapes(spec, 1),
+                "trt_profile_opt_shapes": _shapes(spec, options.batch_size),
+                "trt_profile_max_shapes": _shapes(spec, options.batch_size),
+            }))
+        elif short == "cuda":
+            chain.append((PROVIDERS[short], {"device_id": 0}))
+        else:
+            chain.append(PROVIDERS[short])
+    return chain
 
 
 def _provider_name(entry: str | tuple[str, dict]) -> str:
     return entry if isinstance(entry, str) else entry[0]
 
 
-def _provider_chain(name: str, spec: ModelSpec, max_batch: int, trt_cache_dir: Path) -> list:
-    """ONNX Runtime's ``providers`` list for ``name`` (a key of FALLBACKS), with each provider's options."""
-    available = set(ort.get_available_providers())
-    if name != "auto" and PROVIDERS[name] not in available:
-        raise RuntimeError(f"provider {name!r}: this onnxruntime build has no {PROVIDERS[name]} "
-                           f"(it offers {sorted(available)})")
-    chain = []
-    for short in FALLBACKS[name]:
-        provider = PROVIDERS[short]
-        if provider not in available:
-            continue
-        if short == "tensorrt":
-            trt_cache_dir.mkdir(parents=True, exist_ok=True)
-            chain.append((provider, {
-                "trt_fp16_enable": True,
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(trt_cache_dir),
-                "trt_timing_cache_enable": True,
-                "trt_timing_cache_path": str(trt_cache_dir),
-                # one profile for every batch size of the run: 1 (a short last batch) to max_batch
-                "trt_profile_min_shapes": _shapes(spec, 1),
-                "trt_profile_opt_shapes": _shapes(spec, max_batch),
-                "trt_profile_max_shapes": _shapes(spec, max_batch),
-            }))
-        elif short == "cuda":
-            chain.append((provider, {"device_id": 0}))
-        else:
-            chain.append(provider)
-    return chain
+def _new_session(path: Path, threads: int, chain: list) -> ort.InferenceSession:
+    """A session on ``chain`` whose notices go to the debug log: ONNX Runtime prints some with print(),
+    which would land among predictions written to standard output."""
+    notices = io.StringIO()
+    cpu_only = [_provider_name(entry) for entry in chain] == [PROVIDERS["cpu"]]
+    with contextlib.redirect_stdout(notices):
+        ort.set_default_logger_severity(ORT_QUIET)
+        try:
+            session = ort.InferenceSession(str(path), _options(threads), providers=chain,
+                                           disabled_optimizers=CPU_DISABLED_OPTIMIZERS if cpu_only else None)
+        finally:
+            ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
+    if notices.getvalue():
+        log.debug("onnxruntime: %s", notices.getvalue().strip())
+    session.disable_fallback()  # a failing provider must raise, not switch to the CPU mid-run
+    return session
+
+
+def _in_own_thread(work: Callable[[], T]) -> T:
+    """``work()`` in a short-lived thread: making a session flushes denormals in the thread that makes it."""
+    with ThreadPoolExecutor(1, thread_name_prefix="cnm-model-start") as starter:
+        return starter.submit(work).result()
 
 
 class ModelSession:
-    """``run(batch) -> (center, width)`` for batches of up to ``max_batch`` queries; ``run`` may be called
-    from several threads at once.
+    """``submit(batch) -> Future[(center, width)]`` (or ``run(batch)``) for batches of up to
+    ``options.batch_size`` queries, ``runs`` of them at once; ``close()`` when done.
 
-    ``threads`` are ONNX Runtime's threads a run. By default a run on the CPU gets one, and a caller gets the
-    cores' worth by running ``default_runs()`` batches at once (``Grounder`` does); a GPU provider's session
-    gets one per core, at most 8, for the operators it leaves to the CPU.
+    ``threads`` are ONNX Runtime's threads a run. By default a run on the CPU gets one, and the cores' worth
+    come from running several batches at once, one a core (at most 8); a GPU provider runs one batch at a
+    time, with one thread per core (at most 8) for the operators it leaves to the CPU.
     """
 
-    def __init__(self, model_path: str | Path, provider: str = "auto", threads: int | None = None,
-                 max_batch: int = 64, trt_cache_dir: str | Path | None = None):
+    def __init__(self, model_path: str | Path, options: RunOptions = RunOptions()):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model {self.model_path} does not exist (make one with cnm-export)")
-        if provider != "auto" and provider not in PROVIDERS:
-            raise ValueError(f"provider must be auto or one of {sorted(PROVIDERS)}, got {provider!r}")
+        self.spec, self.frames_dtype, self._chain, self.threads = _in_own_thread(lambda: self._start(options))
+        self.provider = _provider_name(self._chain[0])
+        self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
+        self.runs = options.runs or (max(1, default_threads() // self.threads) if self.device == "cpu" else 1)
+        self._local = threading.local()  # each thread's own session, made on its first batch
+        self._pool = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model")
+
+    def _start(self, options: RunOptions) -> tuple[ModelSpec, np.dtype, list, int]:
+        """The model's spec and frames type, and the provider chain and threads that do start (a session is
+        made to see)."""
         try:
-            cpu_session = ort.InferenceSession(
-                str(self.model_path), _options(threads or CPU_THREADS_PER_RUN), providers=[PROVIDERS["cpu"]],
-                disabled_optimizers=CPU_DISABLED_OPTIMIZERS)
+            probe = ort.InferenceSession(str(self.model_path), providers=[PROVIDERS["cpu"]])
         except Exception as error:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise ValueError(f"{self.model_path}: not a loadable ONNX model ({error})") from error
-        self.spec = self._read_spec(cpu_session)
-        chain = _provider_chain(provider, self.spec, max_batch, Path(trt_cache_dir or default_trt_cache_dir()))
-        self.session = cpu_session
-        if chain != [PROVIDERS["cpu"]]:
-            session = self._create(_options(threads or default_threads()), chain, quiet=provider == "auto")
-            if session.get_providers()[0] != PROVIDERS["cpu"] or provider != "auto":
-                self.session = session  # else auto fell back to the CPU: the session made for it runs
-        self.session.disable_fallback()  # a failing provider must raise, not switch to the CPU mid-run
-        self.provider = self.session.get_providers()[0]
-        if provider != "auto" and self.provider != PROVIDERS[provider]:
-            raise RuntimeError(f"provider {provider!r} did not start (ONNX Runtime fell back to {self.provider}); "
-                               "check the CUDA/TensorRT libraries and the GPU, or use --provider auto")
-        if self.provider != _provider_name(chain[0]):
-            log.info("%s did not start; running on %s", _provider_name(chain[0]), self.provider)
-        self.threads = self.session.get_session_options().intra_op_num_threads
-        frames_type = next(node.type for node in self.session.get_inputs() if node.name == "frames")
-        self.frames_dtype = np.dtype(np.float16 if frames_type == "tensor(float16)" else np.float32)
-        self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
+        inputs = {node.name: node.type for node in probe.get_inputs()}
+        check_graph(inputs, {node.name: node.type for node in probe.get_outputs()}, str(self.model_path))
+        spec = ModelSpec.from_metadata(probe.get_modelmeta().custom_metadata_map, str(self.model_path))
+        frames_dtype = np.dtype(np.float16 if inputs["frames"] == "tensor(float16)" else np.float32)
+        chain = provider_chain(options, spec)
+        threads = options.threads or (CPU_THREADS_PER_RUN if chain == [PROVIDERS["cpu"]] else default_threads())
+        if chain == [PROVIDERS["cpu"]]:
+            return spec, frames_dtype, chain, threads
+        started = _new_session(self.model_path, threads, chain).get_providers()[0]
+        if started != _provider_name(chain[0]):
+            if options.provider != "auto":
+                raise RuntimeError(f"--provider {options.provider}: {_provider_name(chain[0])} did not start "
+                                   f"(ONNX Runtime fell back to {started}); check the CUDA/TensorRT libraries")
+            log.info("%s did not start; running on %s", _provider_name(chain[0]), started)
+            chain = [entry for entry in chain if _provider_name(entry) == started]
+            threads = options.threads or (CPU_THREADS_PER_RUN if started == PROVIDERS["cpu"] else threads)
+        return spec, frames_dtype, chain, threads
+
+    def _session(self) -> ort.InferenceSession:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = _new_session(self.model_path, self.threads, self._chain)
+        return session
+
+    def submit(self, batch: Batch) -> Future:
+        """``(center, width)`` ``[queries]`` float32 of ``batch``, computed in one of the session's threads."""
+        return self._pool.submit(self._run, batch)
+
+    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        return self.submit(batch).result()
+
+    def close(self) -> None:
+        """Wait for the batches in the model and end its threads."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "ModelSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def default_feeders(self) -> int:
         """Feed processes: none on the CPU, where the model keeps every core busy and a thread of this process
         feeds it; one a core but one (kept for this process) where a GPU runs the model."""
         return 0 if self.device == "cpu" else max(1, available_cores() - 1)
 
-    def default_runs(self) -> int:
-        """Batches to run at once: on the CPU, as many as the default threads (one per core, at most 8) hold
-        runs of this session's threads; a GPU runs one batch at a time."""
-        return max(1, default_threads() // self.threads) if self.device == "cpu" else 1
-
-    def _read_spec(self, session: ort.InferenceSession) -> ModelSpec:
-        names = tuple(node.name for node in session.get_inputs())
-        if set(names) == set(INPUT_NAMES) - {"video_index"}:
-            raise ValueError(f"{self.model_path}: exported by cnm 0.1.0, whose graphs lack the video_index input; "
-                             "export the checkpoint again with this cnm-export")
-        if set(names) != set(INPUT_NAMES):
-            raise ValueError(f"{self.model_path}: inputs {names} are not a CNM model's {INPUT_NAMES}")
-        return ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map, str(self.model_path))
-
-    def _create(self, options: ort.SessionOptions, chain: list, quiet: bool) -> ort.InferenceSession:
-        # ONNX Runtime prints its fallback notices with print(), which would land among the predictions.
-        # In auto mode a missing GPU library is expected: its notices go to the debug log, not the screen.
-        notices = io.StringIO()
-        with contextlib.redirect_stdout(notices if quiet else sys.stderr):
-            if quiet:
-                ort.set_default_logger_severity(4)
-            try:
-                return ort.InferenceSession(str(self.model_path), options, providers=chain)
-            finally:
-                ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
-                if notices.getvalue():
-                    log.debug("onnxruntime: %s", notices.getvalue().strip())
-
-    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """``(center, width)`` ``[queries]`` float32 of ``batch``; its frames are cast to the graph's type if
-        they are not of it already (the batch makers write them in that type)."""
-        binding = self.session.io_binding()
+    def _run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Runs in a thread of the session: frames are cast to the graph's type if they are not of it already
+        (the batch makers write them in that type)."""
+        session = self._session()
+        binding = session.io_binding()
         for name, array in batch.inputs().items():
             if name == "frames" and array.dtype != self.frames_dtype:
                 array = array.astype(self.frames_dtype)
             binding.bind_ortvalue_input(
                 name, ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0))
-        for name in OUTPUT_NAMES:
+        for name in ("center", "width"):
             binding.bind_output(name, self.device, 0)
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         center, width = binding.copy_outputs_to_cpu()
         return center, width

@@ -11,17 +11,12 @@ from collections import OrderedDict
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.errors import InputError
 from cnm_runtime.features import Clips, to_clips
+from cnm_runtime.outcomes import contained
 
 
 def load_clips(archive: FeatureArchive, video: str, frame_dim: int, num_clips: int) -> Clips:
     """Validated, resampled features of ``video``; InputError names the video otherwise."""
-    try:
-        raw, duration = archive.load(video)
-    except InputError:
-        raise
-    except Exception as error:  # a damaged dataset must not end the run
-        raise InputError("unreadable_video",
-                         f"video {video!r}: cannot read it ({type(error).__name__}: {error})") from error
+    raw, duration = archive.load(video)
     return to_clips(raw, num_clips, frame_dim, video, duration)
 
 
@@ -35,11 +30,9 @@ class RecentVideos:
 
     def get(self, video: str) -> Clips | InputError:
         clips = self._recent.pop(video, None)
-        if clips is None:
-            try:
-                clips = load_clips(self.archive, video, self.frame_dim, self.num_clips)
-            except InputError as error:
-                clips = error
+        if clips is None:  # the boundary of one video: whatever reading it raises is its error
+            clips = contained(lambda: load_clips(self.archive, video, self.frame_dim, self.num_clips),
+                              f"video {video!r}")
         self._recent[video] = clips
         if len(self._recent) > self.keep:
             self._recent.popitem(last=False)

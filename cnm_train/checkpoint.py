@@ -4,7 +4,6 @@ The model is rebuilt from ``config`` alone, so checkpoints of minghangz/cnm and 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +45,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except Exception as error:  # not a torch file, or one that would run code as it loads: torch refuses it
+        raise ValueError(f"{path}: not a CNM checkpoint (torch.load with weights only refuses it: "
+                         f"{type(error).__name__})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: not a CNM checkpoint, it holds a {type(raw).__name__}, not a dict")
     missing = {"num_updates", "config", "model_parameters"} - set(raw)
     if missing:
         raise ValueError(f"{path}: not a CNM checkpoint, missing {sorted(missing)}")
+    if not (isinstance(raw["config"], dict) and isinstance(raw["model_parameters"], dict)
+            and all(isinstance(value, torch.Tensor) for value in raw["model_parameters"].values())):
+        raise ValueError(f"{path}: not a CNM checkpoint, its config or model_parameters is not a dict of the "
+                         "original layout")
     return Checkpoint(int(raw["num_updates"]), raw["config"], raw["model_parameters"])
 
 
@@ -60,11 +68,3 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, 
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"num_updates": num_updates, "config": config, "model_parameters": state}, tmp)
     os.replace(tmp, path)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from cnm_runtime.annotations import load_annotations
 from cnm_runtime.cores import available_cores
-from cnm_runtime.report import markdown_table
-from cnm_runtime.result_files import write_json_atomic
+from cnm_train.tables import markdown_table
+from cnm_runtime.run_files import write_json_atomic
 from cnm_runtime.spans import METRIC_NAMES
 from cnm_runtime.text import Vocabulary, load_glove
 from cnm_train.checkpoint import Checkpoint, build_model, load_checkpoint, save_checkpoint

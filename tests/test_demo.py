@@ -11,7 +11,7 @@ from cnm_export.demo import left_behind, run_demo  # noqa: E402
 
 
 LEFT_BEHIND = ["data/", "demo.json", "errors.jsonl", "eval-model-best.json", "metrics-onnx.json", "metrics.json",
-               "model-best.onnx", "model-best.pt", "predictions.jsonl", "report.md"]
+               "model-best.onnx", "model-best.pt", "predictions.jsonl", "predictions.jsonl.run.json", "report.md"]
 
 
 def test_tiny_demo_end_to_end(tmp_path):

@@ -23,7 +23,8 @@ from cnm_export.verify import TOLERANCE, load_labelled_set, random_batch, verify
 from cnm_runtime.model_spec import ModelSpec  # noqa: E402
 from cnm_runtime.spans import HEADLINE_METRICS  # noqa: E402
 from cnm_runtime.text import Vocabulary, load_glove  # noqa: E402
-from cnm_train.checkpoint import file_sha256, load_checkpoint  # noqa: E402
+from cnm_runtime.provenance import file_digest  # noqa: E402
+from cnm_train.checkpoint import load_checkpoint  # noqa: E402
 from cnm_train.model import MultiheadAttention, causal_block, score_bias  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def test_metadata_carries_what_the_runtime_needs(golden_exports):
     assert list(spec.words) == Vocabulary.from_glove(load_glove(GOLDEN / "glove.pkl"), 1111).words
     assert (spec.max_num_words, spec.max_num_frames, spec.frame_dim) == (20, 200, 1024)
     assert spec.max_width == pytest.approx(0.45) and spec.dataset == "CharadesSTA" and spec.precision == "fp32"
-    assert spec.checkpoint_sha256 == file_sha256(GOLDEN / "model-best.pt")
+    assert spec.checkpoint_sha256 == file_digest(GOLDEN / "model-best.pt")
     assert {"torch", "onnx", "cnm"} <= set(spec.versions)
     assert spec_of(out / "int8.onnx").precision == "int8" and "onnxruntime" in spec_of(out / "int8.onnx").versions
     assert spec_of(out / "fp16.onnx").precision == "fp16"

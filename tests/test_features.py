@@ -23,7 +23,7 @@ from synthetic_videos import (  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 from cnm_runtime.archive import FeatureArchive  # noqa: E402
-from cnm_runtime.result_files import exclusive_lock  # noqa: E402
+from cnm_runtime.datasets.resumable import ResumableArchive  # noqa: E402
 from cnm_train.extract.backbone import ClipBackbone  # noqa: E402
 from cnm_train.extract.cli import main  # noqa: E402
 from cnm_train.extract.decode import Sampling  # noqa: E402
@@ -341,9 +341,9 @@ def test_one_or_several_decoding_processes_give_the_same_features(tmp_path, tiny
 def test_a_second_run_on_the_same_output_fails_at_once(tmp_path, tiny_clip):
     write_video(tmp_path / "v.mp4", regular_times(1, 10))
     out = tmp_path / "features.hdf5"
-    with exclusive_lock(out):
+    with ResumableArchive(out):  # what a first run holds while it writes
         result = run_cli([tmp_path / "v.mp4", "-o", out, "--weights", tiny_clip])
-    assert result.exit_code == 1 and "another run is writing" in result.output
+    assert result.exit_code == 1 and "features.hdf5.lock is in use by another run" in result.output
     assert not out.exists()
 
 
@@ -425,6 +425,16 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_an_output_that_is_an_input_or_another_output_is_refused(tmp_path, tiny_clip):
+    video = write_video(tmp_path / "v.mp4", regular_times(1, 10))
+    before = video.read_bytes()
+    for args in (["-o", video], ["-o", tmp_path / "f.hdf5", "--errors", video],
+                 ["-o", tmp_path / "f.hdf5", "--errors", tmp_path / "e", "--metrics", tmp_path / "e"]):
+        result = run_cli([video, "--weights", tiny_clip, *args])
+        assert result.exit_code == 2 and "is the same file as" in result.output, result.output
+    assert video.read_bytes() == before and not (tmp_path / "f.hdf5").exists()
 
 
 def test_list_files_and_duplicate_ids(tmp_path, tiny_clip):

@@ -12,7 +12,8 @@ import pytest
 from cnm_runtime import queries as queries_module
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.errors import ERROR_CODES, InputError
-from cnm_runtime.queries import BOM, MAX_LINE_BYTES, Query, QueryError, count_queries, read_queries
+from cnm_runtime.outcomes import QueryError
+from cnm_runtime.queries import BOM, MAX_LINE_BYTES, Query, count_queries, read_queries
 from test_run import archive, tiny_model  # noqa: F401 (fixtures)
 
 GOOD = b'{"video": "v1", "query": "person opens the door.", "duration": 12.5, "timestamps": [1, 4]}'

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from cnm_runtime.provenance import ProvenanceMismatch
+
 from test_run import archive, good_records, tiny_model, write_lines  # noqa: F401 (fixtures)
 from test_run_cli import BAD_LINES, cnm_run, finished
-from cnm_runtime.distributed import RayOptions
-from cnm_runtime.shard_files import ShardFiles
-from cnm_runtime.shards import plan_shards
+from cnm_runtime.options import RunOptions
+from cnm_runtime.run_files import RunFiles
+from cnm_runtime.scaleout.shard_files import ShardFiles
+from cnm_runtime.scaleout.shards import plan_shards
+from cnm_runtime.stop import StopSignals
 
 BATCH = 4
 
@@ -27,12 +31,12 @@ def ray_address():
     ray.shutdown()
 
 
-def ray_job(model: Path, archive: Path, queries: Path, out: Path, actors: int = 2):
-    """The Ray engine's job in shards of one batch (as ``--shard-batches 1``)."""
-    from cnm_runtime.ray_job import RayJob
+def run_ray(model: Path, archive: Path, queries: Path, out: Path, actors: int = 2) -> dict:
+    """The Ray engine's run in shards of one batch (as ``--shard-batches 1``), in this process; its metrics."""
+    from cnm_runtime.scaleout.job import RayOptions, run_ray
 
-    options = RayOptions(actors=actors, provider="cpu", batch_size=BATCH)
-    return RayJob(model, archive, queries, out, address=None, options=options, shard_batches=1)
+    return run_ray(RunFiles(model, archive, queries, out), RunOptions(provider="cpu", batch_size=BATCH),
+                   RayOptions(actors=actors, shard_batches=1), StopSignals())
 
 
 def shard_records(out: Path, kind: str) -> list[dict]:
@@ -69,23 +73,23 @@ def test_shards_carry_the_qids_that_earlier_shards_claimed(tmp_path):
 
 
 def test_a_shard_is_complete_once_its_predictions_are_renamed(tmp_path):
-    files = ShardFiles(tmp_path / "out", shards=3)
+    files = ShardFiles(tmp_path / "out", shards=3).__enter__()
     files.start({"queries_sha256": "abc", "shard_size": 8, "shards": 3})
     files.write(1, ['{"qid": 1}'], [])
     assert [files.complete(shard) for shard in range(3)] == [False, True, False]
     assert sorted(path.name for path in files.folder.iterdir()) == [
-        "errors-00001.jsonl", "predictions-00001.jsonl", "run.json"]
+        ".lock", "errors-00001.jsonl", "predictions-00001.jsonl", "run.json"]
     (files.folder / ".predictions-00002.jsonl.x.tmp").write_text('{"qid": 2')  # a killed run's
     files.start({"queries_sha256": "abc", "shard_size": 8, "shards": 3})
     assert not list(files.folder.glob(".*.tmp"))
-    with pytest.raises(ValueError, match="another run"):
+    with pytest.raises(ProvenanceMismatch, match="shard_size 8 then, 16 now"):
         files.start({"queries_sha256": "abc", "shard_size": 16, "shards": 2})
 
 
 @pytest.mark.parametrize("args, message", [
     (("--address", "ray://head:10001", "-o", "out"), "Ray Data does not run through Ray Client"),
     ((), "--engine ray needs -o FOLDER"),
-    (("--errors", "e.jsonl", "-o", "out"), "drop --errors"),
+    (("--errors", "e.jsonl", "-o", "out"), "--engine ray does not take --errors"),
 ])
 def test_what_the_ray_engine_cannot_do_is_a_usage_error(archive, tmp_path, args, message):
     queries = write_lines(tmp_path / "q.jsonl", good_records(2))
@@ -99,15 +103,13 @@ def test_what_the_ray_engine_cannot_do_is_a_usage_error(archive, tmp_path, args,
 @pytest.fixture(scope="module")
 def local_and_ray(ray_address, tiny_model, archive, tmp_path_factory):
     """The mixed queries grounded by the local cnm-run and by the Ray engine (2 actors)."""
-    from cnm_runtime.ray_job import run
-
     folder = tmp_path_factory.mktemp("mixed")
     queries = write_lines(folder / "q.jsonl", mixed_lines())
     code, _, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", queries,
                                     "-o", folder / "local.jsonl", "--errors", folder / "local-errors.jsonl",
                                     "--metrics", folder / "local-metrics.json", "--batch-size", BATCH))
     assert code == 1, err  # more errors than --max-errors 0
-    metrics = run(ray_job(tiny_model, archive, queries, folder / "out"))
+    metrics = run_ray(tiny_model, archive, queries, folder / "out")
     return folder, metrics
 
 
@@ -137,11 +139,11 @@ def test_metrics_equal_the_local_runs(local_and_ray):
 
 
 def test_the_python_api_gives_the_same_records(local_and_ray, tiny_model, archive):
-    from cnm_runtime.distributed import ground_dataset, queries_dataset
+    from cnm_runtime.scaleout import ground_dataset, queries_dataset
 
     folder, _ = local_and_ray
     dataset = ground_dataset(queries_dataset(folder / "q.jsonl", shard_size=BATCH), tiny_model, archive,
-                             RayOptions(actors=1, provider="cpu", batch_size=BATCH))
+                             RunOptions(provider="cpu", batch_size=BATCH), actors=1)
     rows = sorted(dataset.take_all(), key=lambda row: row["line"])
     assert [json.loads(row["record"]) for row in rows if row["kind"] == "prediction"] == file_records(
         folder / "local.jsonl")
@@ -153,8 +155,6 @@ def test_the_python_api_gives_the_same_records(local_and_ray, tiny_model, archiv
 def test_a_killed_run_run_again_has_every_qid_once(ray_address, tiny_model, archive, tmp_path):
     """The driver is killed once shard files appear; the same command finishes the others, and leaves the
     finished ones as they were."""
-    from cnm_runtime.ray_job import run
-
     records = good_records(480)
     queries = write_lines(tmp_path / "q.jsonl", records)
     out = tmp_path / "out"
@@ -170,7 +170,7 @@ def test_a_killed_run_run_again_has_every_qid_once(ray_address, tiny_model, arch
     done = {path: (path.stat().st_ino, path.read_bytes()) for path in out.glob("predictions-*.jsonl")}
     assert 0 < len(done) < 120  # killed midway
 
-    metrics = run(ray_job(tiny_model, archive, queries, out, actors=1))
+    metrics = run_ray(tiny_model, archive, queries, out, actors=1)
     predictions = shard_records(out, "predictions")
     assert sorted(r["qid"] for r in predictions) == sorted(r["qid"] for r in records)  # each once
     assert [r["qid"] for r in predictions] == [r["qid"] for r in records]
@@ -187,4 +187,4 @@ def test_another_queries_file_into_the_same_folder_is_refused(ray_address, tiny_
             "-o", tmp_path / "out", "--batch-size", BATCH, "--provider", "cpu", "--actors", 1)
     assert finished(cnm_run(*args, "--queries", first))[0] == 0
     code, _, err = finished(cnm_run(*args, "--queries", second))
-    assert code == 1 and "another run" in err and "Traceback" not in err
+    assert code == 2 and "other inputs (queries_sha256" in err and "Traceback" not in err

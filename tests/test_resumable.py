@@ -8,7 +8,7 @@ import pytest
 from cnm_runtime.archive import FeatureArchive
 from cnm_runtime.datasets.dataset_files import ArchiveWriter
 from cnm_runtime.datasets.resumable import ResumableArchive, SettingsMismatch
-from cnm_runtime.result_files import OutputBusyError
+from cnm_runtime.run_files import OutputInUse
 
 SETTINGS = {"extractor": "test", "fps": 2.0, "dim": 3}
 
@@ -97,7 +97,7 @@ def test_a_name_hdf5_would_read_as_a_path_is_refused(tmp_path):
 def test_one_run_at_a_time(tmp_path):
     path = tmp_path / "a.hdf5"
     with ResumableArchive(path):
-        with pytest.raises(OutputBusyError, match="another run is writing"):
+        with pytest.raises(OutputInUse, match="a.hdf5.lock is in use by another run"):
             ResumableArchive(path).__enter__()
     with ResumableArchive(path) as archive:  # released on leaving
         archive.start(SETTINGS)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import threading
 import tracemalloc
 from pathlib import Path
@@ -13,12 +16,14 @@ import pytest
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.batch import Batch
 from cnm_runtime.errors import InputError
-from cnm_runtime.grounder import Grounder, Prediction, ground
-from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
-from cnm_runtime.queries import Query, QueryError, count_queries, read_queries
+from cnm_runtime.grounder import Grounder, ground
+from cnm_runtime.options import RunOptions
+from cnm_runtime.outcomes import Prediction, QueryError
+from cnm_runtime.queries import Query, count_queries, read_queries
 from cnm_runtime import session as session_module
 from cnm_runtime.report import RunTally
-from cnm_runtime.session import PROVIDERS, ModelSession, _provider_chain
+from cnm_runtime.run_files import JsonLines, LockedFile, read_back, write_json_atomic
+from cnm_runtime.session import PROVIDERS, ModelSession, cuda_devices, provider_chain
 
 WORDS = (
     "person the a door opens closes light turns on off walks sits chair table holds cup drinks from puts down "
@@ -188,29 +193,39 @@ def test_archive_reads_every_storage_layout_alike(tmp_path):
 # --- sessions and providers ------------------------------------------------------------------------
 
 def test_provider_reported_is_the_one_that_runs(tiny_model):
-    session = ModelSession(tiny_model, "auto", max_batch=4)
-    assert session.provider == session.session.get_providers()[0]
+    session = ModelSession(tiny_model, RunOptions(batch_size=4))
+    assert session.provider == session._session().get_providers()[0]
     assert session.device == ("cpu" if session.provider == PROVIDERS["cpu"] else "cuda")
+
+
+def test_auto_without_a_gpu_is_quiet_and_makes_no_tensorrt_cache(tiny_model, tmp_path, caplog):
+    if cuda_devices():
+        pytest.skip("a GPU is visible here")
+    with caplog.at_level("DEBUG"):
+        session = ModelSession(tiny_model, RunOptions(trt_cache=tmp_path / "trt"))
+    assert session.provider == PROVIDERS["cpu"] and not (tmp_path / "trt").exists()
+    assert not [record for record in caplog.records if record.levelno >= 20]  # not even an INFO line
 
 
 def test_cpu_runs_one_thread_each_one_run_a_core_at_most_eight(tiny_model, monkeypatch):
     for cores, runs in ((2, 2), (16, 8)):
         monkeypatch.setattr(session_module, "available_cores", lambda: cores)
-        session = ModelSession(tiny_model, "cpu")
-        assert session.session.get_session_options().intra_op_num_threads == 1 and session.default_runs() == runs
-    session = ModelSession(tiny_model, "cpu", threads=3)  # 16 cores: 8 threads hold two runs of 3
-    assert session.session.get_session_options().intra_op_num_threads == 3 and session.default_runs() == 2
-    assert Grounder(tiny_model, provider="cpu").runs == 8 and Grounder(tiny_model, provider="cpu", runs=3).runs == 3
+        session = ModelSession(tiny_model, RunOptions(provider="cpu"))
+        assert session.threads == 1 and session.runs == runs
+        assert session._session().get_session_options().intra_op_num_threads == 1
+    session = ModelSession(tiny_model, RunOptions(provider="cpu", threads=3))  # 16 cores: 8 threads hold two runs of 3
+    assert session._session().get_session_options().intra_op_num_threads == 3 and session.runs == 2
+    assert Grounder(tiny_model, provider="cpu").session.runs == 8
+    assert Grounder(tiny_model, provider="cpu", runs=3).session.runs == 3
 
 
-def test_named_provider_that_does_not_start_is_an_error(tiny_model):
-    session = ModelSession(tiny_model, "auto", max_batch=4)
-    if session.provider != PROVIDERS["cpu"]:
-        pytest.skip("a GPU provider runs here")
-    with pytest.raises(RuntimeError, match="cuda"):
-        ModelSession(tiny_model, "cuda", max_batch=4)
-    with pytest.raises(RuntimeError, match="provider 'tensorrt'"):  # its libraries are not on the package index
-        ModelSession(tiny_model, "tensorrt", max_batch=4)
+def test_named_provider_that_cannot_start_is_one_clear_error(tiny_model):
+    if cuda_devices():
+        pytest.skip("a GPU is visible here")
+    with pytest.raises(RuntimeError, match="--provider cuda: no CUDA GPU is visible here"):
+        ModelSession(tiny_model, RunOptions(provider="cuda", batch_size=4))
+    with pytest.raises(RuntimeError, match="--provider tensorrt: "):  # its libraries are not on the package index
+        ModelSession(tiny_model, RunOptions(provider="tensorrt", batch_size=4))
 
 
 def test_a_file_exported_by_cnm_0_1_says_to_export_again(tmp_path):
@@ -223,14 +238,13 @@ def test_a_file_exported_by_cnm_0_1_says_to_export_again(tmp_path):
     path = tmp_path / "old.onnx"
     onnx.save(onnx.helper.make_model(graph, ir_version=9, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
     with pytest.raises(ValueError, match="exported by cnm 0.1.0.*export the checkpoint again"):
-        ModelSession(path, "cpu")
+        ModelSession(path, RunOptions(provider="cpu"))
 
 
-def test_tensorrt_options_cover_batch_one_to_max(tiny_model, tmp_path):
-    spec = ModelSession(tiny_model, "cpu").spec
-    chain = _provider_chain("auto", spec, max_batch=48, trt_cache_dir=tmp_path / "trt")
-    if PROVIDERS["tensorrt"] not in [entry[0] for entry in chain if isinstance(entry, tuple)]:
-        pytest.skip("this onnxruntime build has no TensorRT provider")
+def test_tensorrt_options_cover_batch_one_to_max(tiny_model, tmp_path, monkeypatch):
+    spec = ModelSession(tiny_model, RunOptions(provider="cpu")).spec
+    monkeypatch.setattr(session_module, "_runnable", lambda short: None)  # as on a machine with TensorRT
+    chain = provider_chain(RunOptions(batch_size=48, trt_cache=tmp_path / "trt"), spec)
     name, options = chain[0]
     assert name == PROVIDERS["tensorrt"] and chain[-1] == PROVIDERS["cpu"]
     assert options["trt_fp16_enable"] and options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
@@ -258,9 +272,9 @@ def test_a_batch_holds_each_video_once(tiny_model, archive, monkeypatch):
     records = [{"video": video, "query": "person opens the door"} for video in ("v0", "v1", "v0", "v2", "v1", "v0")]
     records[2]["query"] = "person sits"
     grounder = Grounder(tiny_model, batch_size=6)
-    batches, run = [], grounder.session.run
-    monkeypatch.setattr(grounder.session, "run", lambda batch: batches.append(
-        (len(batch.frames), batch.video_index.tolist())) or run(batch))
+    batches, submit = [], grounder.session.submit
+    monkeypatch.setattr(grounder.session, "submit", lambda batch: batches.append(
+        (len(batch.frames), batch.video_index.tolist())) or submit(batch))
     predictions, errors = ground_all(grounder, archive, records)
     assert errors == [] and batches == [(3, [0, 1, 0, 2, 1, 0])]
     alone = Grounder(tiny_model, batch_size=1)
@@ -273,7 +287,7 @@ def test_the_next_batch_runs_while_the_caller_holds_a_prediction(tiny_model, arc
     """The model runs in a thread of its own: what the caller does with a batch's predictions (cnm-run writes
     them) never holds up the next batch."""
     grounder = Grounder(tiny_model, batch_size=2, runs=1)
-    callers, second_batch_ran, run = [], threading.Event(), grounder.session.run
+    callers, second_batch_ran, run = [], threading.Event(), grounder.session._run
 
     def counted(batch):
         callers.append(threading.get_ident())
@@ -281,7 +295,7 @@ def test_the_next_batch_runs_while_the_caller_holds_a_prediction(tiny_model, arc
             second_batch_ran.set()
         return run(batch)
 
-    monkeypatch.setattr(grounder.session, "run", counted)
+    monkeypatch.setattr(grounder.session, "_run", counted)
     results = grounder.ground(archive, good_records(6))
     next(results)
     assert second_batch_ran.wait(timeout=60)
@@ -294,25 +308,34 @@ def test_batches_run_side_by_side_with_the_same_predictions(tiny_model, archive,
     records = good_records(12) + [{"qid": "bad", "video": "nan", "query": "person sits"}]
     expected = ground_all(Grounder(tiny_model, batch_size=2, runs=1), archive, records)
     grounder = Grounder(tiny_model, batch_size=2, runs=2)
-    both_in, run = threading.Barrier(2, timeout=60), grounder.session.run
+    both_in, run = threading.Barrier(2, timeout=60), grounder.session._run
 
     def meeting(batch):
         both_in.wait()  # BrokenBarrierError, and the test fails, unless another run is in at the same time
         return run(batch)
 
-    monkeypatch.setattr(grounder.session, "run", meeting)
+    monkeypatch.setattr(grounder.session, "_run", meeting)
     assert ground_all(grounder, archive, records) == expected and len(expected[0]) == 12
 
 
-def test_a_failing_batch_raises_to_the_caller_and_ends_every_thread(tiny_model, archive, monkeypatch):
+def test_a_failing_batch_costs_its_queries_and_the_run_goes_on(tiny_model, archive, monkeypatch):
+    records = good_records(6)
+    expected, _ = ground_all(Grounder(tiny_model, batch_size=2), archive, records)
     grounder = Grounder(tiny_model, batch_size=2)
+    batches, run = [], grounder.session._run
 
-    def broken(batch):
-        raise RuntimeError("the model failed")
+    def second_fails(batch):
+        batches.append(len(batch))
+        if len(batches) == 2:
+            raise RuntimeError("the model failed")
+        return run(batch)
 
-    monkeypatch.setattr(grounder.session, "run", broken)
-    with pytest.raises(RuntimeError, match="the model failed"):
-        list(grounder.ground(archive, good_records(6)))
+    monkeypatch.setattr(grounder.session, "_run", second_fails)
+    predictions, errors = ground_all(grounder, archive, records)
+    assert predictions == expected[:2] + expected[4:]
+    assert [(e.qid, e.line, e.code) for e in errors] == [("q2", 3, "internal_error"), ("q3", 4, "internal_error")]
+    assert "RuntimeError: the model failed" in errors[0].message
+    grounder.close()
     assert [thread.name for thread in threading.enumerate() if thread.name.startswith("cnm-")] == []
 
 
@@ -409,20 +432,21 @@ def test_memory_does_not_grow_with_the_archive(tiny_model, tmp_path):
 
 def test_read_back_cuts_a_partial_last_line(tmp_path):
     path = tmp_path / "pred.jsonl"
-    with JsonLines(path) as out:
+    with LockedFile(path, "-o") as file, JsonLines(file) as out:
         for qid in range(3):
             out.write({"qid": qid, "center": 0.5})
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"qid": 3, "cen')
-    assert [r["qid"] for r in read_back(path)] == [0, 1, 2]
+    with LockedFile(path, "-o") as file:
+        assert [r["qid"] for r in read_back(file)] == [0, 1, 2]
     assert path.read_bytes() == whole
 
 
 def test_read_back_refuses_a_foreign_file(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello\n")
-    with pytest.raises(ValueError, match="line 1"):
-        list(read_back(path))
+    with LockedFile(path, "-o") as file, pytest.raises(ValueError, match="line 1"):
+        list(read_back(file))
     assert path.read_text() == "hello\n"
 
 
@@ -473,38 +497,30 @@ def test_a_later_line_with_an_earlier_qid_is_a_duplicate_error(tiny_model, archi
         assert "line 3: qid 'a'" in errors[0].message
 
 
-class NanSession:
-    """A session whose second query of every batch comes back NaN, as a damaged model's would."""
+def test_a_non_finite_or_out_of_range_output_is_an_error_record_never_a_prediction(tiny_model, archive,
+                                                                                       monkeypatch):
+    """A damaged model's outputs: the second query of each batch NaN, the first one's center past 1."""
+    records = good_records(4)
+    grounder = Grounder(tiny_model, batch_size=2)
+    run = grounder.session._run
 
-    def __init__(self, session):
-        self.session, self.spec, self.provider = session, session.spec, session.provider
-        self.frames_dtype = session.frames_dtype
-
-    def default_runs(self) -> int:
-        return 1
-
-    def default_feeders(self) -> int:
-        return 0
-
-    def run(self, batch):
-        center, width = self.session.run(batch)
-        center[1:2] = np.nan
+    def damaged(batch):
+        center, width = run(batch)
+        center[0], center[1:2] = 1.5, np.nan
         return center, width
 
-
-def test_a_non_finite_output_is_an_error_record_never_a_prediction(tiny_model, archive):
-    records = good_records(4)
-    grounder = Grounder(NanSession(ModelSession(tiny_model, "cpu")), batch_size=2)
+    monkeypatch.setattr(grounder.session, "_run", damaged)
     predictions, errors = ground_all(grounder, archive, records)
-    assert [p["qid"] for p in predictions] == ["q0", "q2"]
-    assert [(e.qid, e.code) for e in errors] == [("q1", "non_finite_output"), ("q3", "non_finite_output")]
-    with pytest.raises(InputError, match="center nan") as raised:
+    assert predictions == []
+    assert [(e.qid, e.code) for e in errors] == [("q0", "output_out_of_range"), ("q1", "non_finite_output"),
+                                               ("q2", "output_out_of_range"), ("q3", "non_finite_output")]
+    with pytest.raises(InputError, match="line 1: the model gave center 1.5") as raised:
         grounder.predict(grounder.encode_video(_features(np.random.default_rng(0), 30)), ["person sits", "door"])
-    assert raised.value.code == "non_finite_output"
+    assert raised.value.code == "output_out_of_range"
 
 
 def test_output_lines_are_strict_json(tmp_path):
-    with JsonLines(tmp_path / "out.jsonl") as out:
+    with LockedFile(tmp_path / "out.jsonl", "-o") as file, JsonLines(file) as out:
         out.write({"qid": 1, "center": 0.5})
         with pytest.raises(ValueError):
             out.write({"qid": 2, "center": float("nan")})
@@ -550,9 +566,101 @@ def test_an_fp16_model_is_fed_half_frames(tiny_model, archive, tmp_path, monkeyp
                              tmp_path / "fp16.onnx", precision="fp16")
     assert fp16.precision == "fp16"
     grounder = Grounder(tmp_path / "fp16.onnx", batch_size=4)
-    frames_types, run = [], grounder.session.run
-    monkeypatch.setattr(grounder.session, "run", lambda batch: frames_types.append(batch.frames.dtype) or run(batch))
+    frames_types, submit = [], grounder.session.submit
+    monkeypatch.setattr(grounder.session, "submit",
+                        lambda batch: frames_types.append(batch.frames.dtype) or submit(batch))
     records = good_records(10)
     inline = ground_all(grounder, archive, records)
     assert set(frames_types) == {np.dtype(np.float16)} and len(inline[0]) == 10
     assert ground_all(Grounder(tmp_path / "fp16.onnx", batch_size=4, feeders=1), archive, records) == inline
+
+
+def test_the_api_leaves_the_callers_floating_point_state_alone(tiny_model, archive, tmp_path):
+    """ONNX Runtime flushes denormals to zero in the threads that make and run sessions: only the session's
+    own threads, never the caller's or threads the caller starts later."""
+    script = textwrap.dedent(f"""
+        import threading
+        import numpy as np
+        from cnm_runtime import Grounder, ground
+
+        def flushes():
+            return bool(np.array([2.2250738585072014e-308])[0] / 4 == 0.0)
+
+        grounder = Grounder({str(tiny_model)!r}, batch_size=2)
+        clips = grounder.encode_video(np.ones((30, {FRAME_DIM}), np.float32))
+        grounder.predict(clips, ["person sits", "door opens"])
+        list(grounder.ground({str(archive)!r}, [{{"video": "v0", "query": "person sits"}}]))
+        later = []
+        thread = threading.Thread(target=lambda: later.append(flushes()))
+        thread.start()
+        thread.join()
+        print(flushes(), later[0], float("5e-324") != 0.0)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "True"]
+
+
+def test_encode_video_keeps_a_copy_not_the_callers_array(tiny_model):
+    grounder = Grounder(tiny_model, batch_size=2)
+    raw = _features(np.random.default_rng(4), 30)  # 30 rows: the clips could be views of them
+    clips = grounder.encode_video(raw, 12.0)
+    before = grounder.predict(clips, ["person sits"])
+    raw[:] = 0
+    assert grounder.predict(clips, ["person sits"]) == before
+
+
+@pytest.mark.parametrize("call, code", [
+    (lambda g, clips: g.encode_video(np.ones((30, FRAME_DIM), np.float32), float("nan")), "bad_duration"),
+    (lambda g, clips: g.encode_video(np.ones((30, FRAME_DIM), np.float32), -30.0), "bad_duration"),
+    (lambda g, clips: g.predict(clips, ["person sits"], duration=-30.0), "bad_duration"),
+    (lambda g, clips: g.predict(clips, [b"person sits"]), "bad_field"),
+    (lambda g, clips: g.predict(clips, [None]), "bad_field"),
+])
+def test_the_api_raises_input_error_with_a_code(tiny_model, call, code):
+    grounder = Grounder(tiny_model, batch_size=2)
+    clips = grounder.encode_video(np.ones((30, FRAME_DIM), np.float32))
+    with pytest.raises(InputError) as raised:
+        call(grounder, clips)
+    assert raised.value.code == code
+
+
+# --- containment: a bug costs its item, never the run ---------------------------------------------------
+
+def test_an_unexpected_exception_for_one_query_or_video_is_its_internal_error(tiny_model, archive, monkeypatch):
+    """Exceptions no check foresaw, raised while parsing one line, reading one video and preparing one query,
+    become those items' ``internal_error`` records naming the exception; every other query is predicted as in
+    a clean run."""
+    import cnm_runtime.chunks as chunks_module
+    import cnm_runtime.queries as queries_module
+    import cnm_runtime.videos as videos_module
+
+    records = good_records(14)
+    clean, _ = ground_all(Grounder(tiny_model, batch_size=4), archive, records)
+    parse, to_clips, prepare = queries_module.query_from_record, videos_module.to_clips, chunks_module.prepare_query
+
+    def parse_fails_on_q1(record, line):
+        if record.get("qid") == "q1":
+            raise KeyError("a parser bug")
+        return parse(record, line)
+
+    def v2_fails(features, num_clips, frame_dim, video, duration=None):
+        if video == "v2":
+            raise ZeroDivisionError("a reader bug")
+        return to_clips(features, num_clips, frame_dim, video, duration)
+
+    def prepare_fails_on_q4(query, *rest):
+        if query.qid == "q4":
+            raise AttributeError("a preparation bug")
+        return prepare(query, *rest)
+
+    monkeypatch.setattr(queries_module, "query_from_record", parse_fails_on_q1)
+    monkeypatch.setattr(videos_module, "to_clips", v2_fails)
+    monkeypatch.setattr(chunks_module, "prepare_query", prepare_fails_on_q4)
+    predictions, errors = ground_all(Grounder(tiny_model, batch_size=4), archive, records)
+    failed = {"q1", "q4"} | {r["qid"] for r in records if r["video"] == "v2"}
+    assert predictions == [p for p in clean if p["qid"] not in failed]
+    assert {(e.qid, e.code) for e in errors} == {(None, "internal_error")} | {
+        (qid, "internal_error") for qid in failed - {"q1"}}
+    messages = " ".join(e.message for e in errors)
+    assert "KeyError" in messages and "ZeroDivisionError: a reader bug" in messages and "AttributeError" in messages

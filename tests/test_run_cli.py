@@ -167,7 +167,7 @@ def test_resume_needs_an_output_file(tiny_model, archive, tmp_path):
 def test_missing_model_is_a_clear_error(archive, tmp_path):
     queries = write_lines(tmp_path / "q.jsonl", [{"video": "v0", "query": WORDS[0]}])
     code, _, err = finished(cnm_run("--features", archive, "--queries", queries, cwd=tmp_path))
-    assert code == 1 and "model-best.onnx does not exist" in err and "Traceback" not in err
+    assert code == 2 and "model-best.onnx does not exist" in err and "Traceback" not in err
 
 
 def _feed_processes(pid: int) -> list[int]:
@@ -212,7 +212,7 @@ def test_a_dead_feed_process_is_a_clear_error_and_resume_completes(tiny_model, a
     assert len(feeders) == 2
     os.kill(feeders[0], signal.SIGKILL)  # as the out-of-memory killer would
     code, _, err = finished(process)
-    assert code == 1 and "a feed process died" in err and "--resume" in err and "Traceback" not in err
+    assert code == 70 and "a feed process died" in err and "--resume" in err and "Traceback" not in err
     written = len(read_lines(pred))
     assert 20 <= written < len(records)
 
@@ -253,4 +253,4 @@ def test_tensorrt_asked_for_where_it_cannot_run_is_a_clear_error(tiny_model, arc
                                       "--provider", "tensorrt"))
     if code == 0:
         pytest.skip("TensorRT runs here")
-    assert code == 1 and "provider 'tensorrt'" in err and "Traceback" not in err and out == ""
+    assert code == 2 and "--provider tensorrt" in err and "Traceback" not in err and out == ""

@@ -7,7 +7,8 @@ while it changes a file can leave the file unreadable. When the run ends, or sto
 renamed over the old one) and then removes the parts. So at every moment the archive is whole (the one of the
 last fold), and every finished video is in it or in a part, both of which the next run counts as done.
 
-One run at a time: the archive's lock (``exclusive_lock``) is held from start to end. The settings that made
+One run at a time: the lock of ``<archive>.lock`` (``LockedFile``, as cnm-run locks its outputs; not the archive
+itself, which each fold replaces) is held from start to end. The settings that made
 the features (backbone, preprocessing, sampling) are kept as the archive's attributes and beside the parts,
 and a run with other settings is refused, so that one archive never mixes features made two ways.
 """
@@ -26,12 +27,13 @@ import h5py
 import numpy as np
 
 from cnm_runtime.datasets.dataset_files import ArchiveWriter, sync_to_disk
-from cnm_runtime.result_files import exclusive_lock, write_json_atomic
+from cnm_runtime.run_files import LockedFile, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 Setting = Union[str, int, float]
 PARTS_SUFFIX = ".parts"
+LOCK_SUFFIX = ".lock"
 SETTINGS_FILE = "settings.json"
 
 
@@ -40,7 +42,7 @@ class SettingsMismatch(ValueError):
 
 
 class ResumableArchive:
-    """``with ResumableArchive(path) as archive:`` holds ``path``'s lock (OutputBusyError at once where another
+    """``with ResumableArchive(path) as archive:`` holds ``path``'s lock (OutputInUse at once where another
     run holds it); ``archive.start(settings)`` checks the settings and fills ``archive.done`` with the videos
     already made (skip them); ``archive.add`` keeps a finished video for good; leaving the block folds them all
     into ``path``.
@@ -54,10 +56,10 @@ class ResumableArchive:
         self.parts = self.path.with_name(self.path.name + PARTS_SUFFIX)
         self.settings: dict[str, Setting] | None = None  # None until ``start``
         self.done: set[str] = set()
-        self._lock = exclusive_lock(self.path)
+        self._lock: LockedFile | None = None
 
     def __enter__(self) -> "ResumableArchive":
-        self._lock.__enter__()
+        self._lock = LockedFile(self.path.with_name(self.path.name + LOCK_SUFFIX), "-o")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -65,7 +67,7 @@ class ResumableArchive:
             if self.settings is not None:
                 self.fold()
         finally:
-            self._lock.__exit__(None, None, None)
+            self._lock.close()  # left in place: removing it would let a third run lock a new one meanwhile
 
     def start(self, settings: dict[str, Setting]) -> set[str]:
         """Check ``settings`` against the archive's and the parts'; the videos already made."""

@@ -28,7 +28,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from cnm_runtime.cores import available_cores
 from cnm_runtime.datasets.resumable import ResumableArchive, SettingsMismatch
-from cnm_runtime.result_files import JsonLines, OutputBusyError, write_json_atomic
+from cnm_runtime.run_files import (
+    JsonLines, LockedFile, OutputError, OutputInUse, refuse_aliases, write_json_atomic,
+)
 from cnm_train.extract.decode import Sampling
 from cnm_train.extract.errors import VideoError
 from cnm_train.extract.extractor import ExtractOptions, extract
@@ -100,15 +102,19 @@ def main(videos: tuple[Path, ...], lists: tuple[Path, ...], output: Path, weight
     settings = RunSettings(Sampling(fps=fps, frames=frames, every=every, max_duration=max_duration), weights, device,
                            threads, batch_size, default_processes() if workers is None else workers, errors_path)
     try:
-        jobs, duplicates = video_jobs(video_paths(videos, lists))
+        paths = video_paths(videos, lists)
+        outputs = {"-o": output, "--errors": errors_path, "--metrics": metrics_path}
+        refuse_aliases({f"video {path}": path for path in paths} | {f"--list {path}": path for path in lists},
+                       {flag: path for flag, path in outputs.items() if path is not None})
     except (OSError, ValueError) as error:
         raise click.UsageError(str(error)) from error
+    jobs, duplicates = video_jobs(paths)
     if not jobs:
         raise click.UsageError("no videos: give files, folders or --list")
     try:
         with ResumableArchive(output) as archive:  # the lock first: a second run fails before loading a model
             metrics = _run(archive, jobs, duplicates, settings)
-    except (OutputBusyError, SettingsMismatch, ValueError) as error:
+    except (OutputInUse, OutputError, SettingsMismatch, ValueError) as error:
         raise click.ClickException(str(error)) from error
     except KeyboardInterrupt:  # the archive folded what was made when its block was left
         log.info("interrupted: the videos finished so far are in %s; the same command continues the run", output)
@@ -144,7 +150,10 @@ def _run(archive: ResumableArchive, jobs: list[VideoJob], duplicates: list[tuple
     codes: Counter = Counter()
     started = time.perf_counter()
     with ExitStack() as stack:
-        error_file = stack.enter_context(JsonLines(settings.errors_path)) if settings.errors_path else None
+        error_file = None
+        if settings.errors_path:
+            error_file = stack.enter_context(JsonLines(stack.enter_context(LockedFile(settings.errors_path,
+                                                                                      "--errors"))))
         progress = stack.enter_context(tqdm(total=len(jobs) + len(duplicates), initial=len(jobs) - len(todo),
                                             unit="video", file=sys.stderr, disable=None, dynamic_ncols=True))
         stack.enter_context(logging_redirect_tqdm())

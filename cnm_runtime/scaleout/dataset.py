@@ -1,37 +1,36 @@
 """Grounding on Ray Data: cnm-run's records, made by actors across a cluster.
 
     import ray
-    from cnm_runtime.distributed import RayOptions, ground_dataset, queries_dataset
+    from cnm_runtime.options import RunOptions
+    from cnm_runtime.scaleout import ground_dataset, queries_dataset
 
     ray.init()  # or ray.init(address="auto") on a node of a cluster
     records = ground_dataset(queries_dataset("queries.jsonl"), "model.onnx", "/shared/archive.hdf5",
-                             RayOptions(actors=8))
+                             RunOptions(batch_size=64), actors=8)
     for row in records.iter_rows():  # lazy, like any Dataset: filter, write, ... as you like
         print(row["kind"], row["record"])  # "prediction" or "error", and the record as its JSON line
 
-The driver reads and parses the queries file once (``shards.plan_shards``: duplicate qids are found
-over the whole file there) and puts each shard's parsed queries in Ray's object store: one row per shard.
-Each actor holds one ``ModelSession`` and one ``BatchMaker`` (which opens the archive in the actor: h5py
-handles do not pickle) and grounds a shard the way the local run grounds a file, chunk by chunk:
-``BatchMaker.prepare``, ``ModelSession.run``, ``grounder.chunk_results``. The model and the archive must
-be at the same path on every node (shared storage); the queries travel through the object store.
+The driver reads and parses the queries file once (``shards.plan_shards``: duplicate qids are found over the
+whole file there) and puts each shard's parsed queries in Ray's object store: one row per shard. Each actor
+holds one model session and grounds a shard through the local run's own pipeline (``feed.Feed``, one thread
+preparing the next chunk while the model runs this one), with the run's options whole. The model and the
+archive must be at the same path on every node (shared storage); the queries travel through the object
+store.
 
 ray is imported inside the functions, so that this module imports without it.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
-
-from cnm_runtime.feed import BatchMaker
-from cnm_runtime.grounder import Prediction, chunk_results
-from cnm_runtime.queries import QueryError
+from cnm_runtime.feed import Feed
+from cnm_runtime.options import RunOptions
+from cnm_runtime.outcomes import Prediction, QueryError
+from cnm_runtime.scaleout.shards import Shard, plan_shards
 from cnm_runtime.session import ModelSession
-from cnm_runtime.shards import Shard, plan_shards
 
 if TYPE_CHECKING:
     import ray.data
@@ -44,32 +43,20 @@ ACTOR_ENV = {"HDF5_USE_FILE_LOCKING": "FALSE"}
 OUTPUT_COLUMNS = ("shard", "line", "kind", "record", "provider")
 
 
-@dataclass(frozen=True)
-class RayOptions:
-    """How the actors run. ``actors=0``: one per GPU of the cluster when it has GPUs and ``provider`` may use
-    them, else as many as its CPUs hold actors of ``threads`` ONNX Runtime threads."""
-
-    actors: int = 0
-    threads: int = 1  # ONNX Runtime threads in each actor, set explicitly (its default takes every core)
-    provider: str = "auto"
-    batch_size: int = 64
-    keep_videos: int = 64  # recent videos each actor keeps, so nearby queries of one video share a read
-    trt_cache: str | None = None  # TensorRT engines: a folder on each node (default ~/.cache/cnm/tensorrt)
+def actor_options(options: RunOptions) -> RunOptions:
+    """The run's options as an actor runs them: one batch in the model and one thread preparing the next (an
+    actor is given as many CPUs as its session has threads), one ONNX Runtime thread unless asked for more."""
+    return replace(options, threads=options.threads or 1, runs=1, feeders=0)
 
 
 class ShardGrounder:
     """The callable class of ``map_batches``: made once in each actor, then called with rows of shards."""
 
-    def __init__(self, model: str, archive: str, options: RayOptions):
-        self.session = ModelSession(model, options.provider, threads=options.threads, max_batch=options.batch_size,
-                                    trt_cache_dir=options.trt_cache)
-        spec = self.session.spec
-        self.maker = BatchMaker(archive, spec, options.keep_videos)
-        self.batch_size = options.batch_size
-        # one batch at a time: its frames are gathered into the same array every time
-        self.frames = np.empty((self.batch_size, spec.max_num_frames, spec.frame_dim), self.session.frames_dtype)
+    def __init__(self, model: str, archive: str, options: RunOptions):
+        self.session = ModelSession(model, options)
+        self.feed = Feed(archive, self.session, options)  # for the actor's life: its recent videos and slots
 
-    def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, list]:
+    def __call__(self, rows: dict[str, Any]) -> dict[str, list]:
         import ray
 
         columns: dict[str, list] = {name: [] for name in OUTPUT_COLUMNS}
@@ -85,10 +72,8 @@ class ShardGrounder:
     def ground(self, shard: Shard) -> Iterator[Prediction | QueryError]:
         """One result per entry of ``shard``, in order, as the local run gives them."""
         claimed = set(shard.claimed)
-        for start in range(0, len(shard.entries), self.batch_size):
-            outcomes, batch = self.maker.prepare(shard.entries[start:start + self.batch_size], self.frames)
-            outputs = None if batch is None else self.session.run(batch)
-            yield from chunk_results(outcomes, outputs, claimed)
+        for chunk, outputs in self.feed.chunks(shard.entries):
+            yield from chunk.results(outputs, claimed)
 
 
 def shard_row(shard: Shard) -> dict[str, Any]:
@@ -113,30 +98,32 @@ def queries_dataset(path: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> "
     return shards_dataset([shard_row(shard) for shard in plan_shards(path, shard_size)])
 
 
-def actor_resources(options: RayOptions) -> tuple[int, float, float]:
-    """``(actors, CPUs, GPUs)`` per actor, from the options and the cluster Ray is connected to."""
+def actor_resources(options: RunOptions, actors: int) -> tuple[int, float, float]:
+    """``(actors, CPUs, GPUs)`` per actor, from the options and the cluster Ray is connected to (``actors``
+    0: one per GPU where the provider may use them, else as many as the CPUs hold)."""
     import ray
 
     cluster = ray.cluster_resources()
     gpus = int(cluster.get("GPU", 0)) if options.provider in GPU_PROVIDERS else 0
+    threads = actor_options(options).threads
     if gpus:
-        return options.actors or gpus, options.threads, 1
-    return options.actors or max(1, int(cluster.get("CPU", 1)) // options.threads), options.threads, 0
+        return actors or gpus, threads, 1
+    return actors or max(1, int(cluster.get("CPU", 1)) // threads), threads, 0
 
 
 def ground_dataset(queries: "ray.data.Dataset", model: str | Path, archive: str | Path,
-                   options: RayOptions = RayOptions()) -> "ray.data.Dataset":
+                   options: RunOptions = RunOptions(), actors: int = 0) -> "ray.data.Dataset":
     """The records of every query of ``queries`` (``queries_dataset``'s rows), lazily.
 
     Rows out: ``shard``, ``line`` (the query's line in the queries file), ``kind`` (``prediction`` or
-    ``error``) and ``record`` (the local run's JSON line), ``provider`` (the ONNX Runtime provider that ran).
+    ``error``) and ``record`` (the local run's JSON line), ``provider`` (what ran the model).
     One row per query; rows come in no particular order (sort by ``line`` for the file's).
     """
     import ray
 
-    actors, cpus, gpus = actor_resources(options)
+    count, cpus, gpus = actor_resources(options, actors)
     return queries.map_batches(
-        ShardGrounder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
+        ShardGrounder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=count), num_cpus=cpus,
         num_gpus=gpus or None, runtime_env={"env_vars": ACTOR_ENV},
         fn_constructor_kwargs={"model": str(Path(model).absolute()), "archive": str(Path(archive).absolute()),
-                               "options": options})
+                               "options": actor_options(options)})
