@@ -35,7 +35,7 @@ import numpy as np
 
 from benchmarks.machine import cpu_model, gpu_name, slug
 from cnm_runtime.cores import available_cores
-from cnm_runtime.report import markdown_table
+from cnm_train.tables import markdown_table
 from cnm_runtime.run_files import write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "features"
@@ -118,8 +118,6 @@ def measure_onnx(backbone, batch_size: int, rounds: int, work: Path) -> dict[str
         return {"status": "not run: the backbone runs on a GPU here"}
     import onnxruntime
     import torch
-
-    from cnm_runtime.cores import available_cores
 
     class ImageEmbeds(torch.nn.Module):
         def __init__(self, model):
