@@ -7,10 +7,10 @@ while it changes a file can leave the file unreadable. When the run ends, or sto
 renamed over the old one) and then removes the parts. So at every moment the archive is whole (the one of the
 last fold), and every finished video is in it or in a part, both of which the next run counts as done.
 
-One run at a time: the lock of ``<archive>.lock`` (``LockedFile``, as cnm-run locks its outputs; not the archive
-itself, which each fold replaces) is held from start to end. The settings that made
-the features (backbone, preprocessing, sampling) are kept as the archive's attributes and beside the parts,
-and a run with other settings is refused, so that one archive never mixes features made two ways.
+One run at a time: the lock of ``<archive>.lock`` (``LockedFile``, as cnm-run locks its outputs; not the
+archive itself, which each fold replaces) is held from start to end. The settings that made the features
+(backbone, preprocessing, sampling) are kept as the archive's attributes and beside the parts, and a run with
+other settings is refused, so that one archive never mixes features made two ways.
 """
 from __future__ import annotations
 
