@@ -20,7 +20,8 @@
 # layers; untrained weights, speed only) with the GPU engines (PyTorch CUDA fp32/fp16, ONNX Runtime CUDA
 # fp32/fp16; TensorRT's libraries are not on PyPI, so its engine reports why it did not run), cnm-run on the
 # GPU with feed processes, the feed alone by feed processes, and two epochs of cnm-train --device cuda beside
-# the same on the CPU. Copy $OUT's JSON into benchmarks/results/gpu/ and run python -m benchmarks.readme.
+# the same on the CPU, and benchmarks.features where PyAV and transformers are there. Copy $OUT's JSON into
+# benchmarks/results/gpu/ (features/ into benchmarks/results/features/) and run python -m benchmarks.readme.
 #
 # QUICK=1 bash benchmarks/device_check.sh run    tries the whole sequence here, on the CPU, at tiny sizes.
 set -euo pipefail
@@ -103,6 +104,14 @@ print("onnxruntime", onnxruntime.__version__, onnxruntime.__file__, onnxruntime.
             || echo "cnm-train --device $device failed"
         cp "$work/train/$device/metrics.json" "$OUT/train-$device.json" || true
     done
+
+    # cnm-features with the backbone in fp16 on the GPU and decoding processes on the cores; it needs PyAV and
+    # transformers there (wheels to carry in gpu_carry/inputs/.whl where the image lacks them)
+    if python3 -c "import av, transformers" 2>/dev/null; then
+        python3 -m benchmarks.features ${quick:+--quick} --workers 0,4,8 --out-dir "$OUT/features"
+    else
+        echo "benchmarks.features not run: no PyAV or transformers on this machine"
+    fi
 }
 
 case "$STEP" in

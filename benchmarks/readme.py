@@ -58,6 +58,13 @@ The first command's training (`cnm-train` on the embedded synthetic dataset, con
 seeds, each set against the prior (the mean training span):
 
     python -m benchmarks.seed_sweep""", renderer="benchmarks.seed_sweep"),
+    Benchmark("features", "cnm-features: videos to features", """\
+Frames a second that `cnm-features` decodes (PyAV, one process), that a CLIP vision model of ViT-B/32's shape
+embeds alone, and that the command does end to end with each count of decoding processes, on synthetic H.264
+videos (random weights: no checkpoint can be fetched here, and speed does not depend on the weights):
+
+    python -m benchmarks.features      # 6 videos of 20 s, 640x360 at 30 frames/s, --fps 2, workers 0 and 1""",
+              renderer="benchmarks.features"),
     Benchmark("ray", "cnm-run on Ray Data", """\
 `cnm-run --engine ray` with 1 and 2 actors against the local cnm-run on the same archive, for two job sizes
 (Ray's start and planning are a fixed cost, so its share falls as the job grows):

@@ -191,3 +191,23 @@ def test_the_readmes_figures_are_generated_from_the_results_json():
     top = readme.TOP_README.read_text()
     for (start, end), lines in readme.generated_blocks():
         assert "\n".join([start, *lines, end]) in top
+
+
+def test_features_benchmark_quick_run_is_rendered(tmp_path):
+    pytest.importorskip("av")
+    pytest.importorskip("transformers")
+    from benchmarks import features
+    from benchmarks.readme import BENCHMARKS_SHOWN, render
+
+    result = CliRunner().invoke(features.main, ["--quick", "--workers", "0", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (json_path,) = tmp_path.glob("*.json")
+    results = json.loads(json_path.read_text())
+    assert results["decoding"]["rows"] == 4 and results["model_alone"]["frames_per_s"]["median"] > 0
+    onnx = results["model_alone_onnx_runtime"]
+    if results["model_alone"]["device"] == "cpu":
+        assert onnx["status"] == "ran" and onnx["max_abs_diff_vs_torch"] < 1e-4
+    (run,) = results["end_to_end"]
+    assert run["workers"] == 0 and run["frames"] == 4 and run["frames_per_s"] > 0
+    (shown,) = [b for b in BENCHMARKS_SHOWN if b.folder == "features"]
+    assert "cnm-features end to end" in render(shown, results)

@@ -22,7 +22,11 @@ COMPRESSION: str | None = None
 
 
 class ArchiveWriter:
-    """Writes ``<path>.partial`` and renames it to ``path`` on a clean exit, so a crash leaves no half archive."""
+    """Writes ``<path>.partial`` and renames it to ``path`` on a clean exit, so a crash leaves no half archive.
+
+    The new file reaches the disk (fsync) before the rename, and the rename before ``__exit__`` returns: after a
+    power cut ``path`` is the old archive or the whole new one.
+    """
 
     def __init__(self, path: str | Path, attrs: dict[str, Any]):
         self.path = Path(path)
@@ -37,9 +41,20 @@ class ArchiveWriter:
     def __exit__(self, exc_type, exc, traceback) -> None:
         self._file.close()
         if exc_type is None:
+            sync_to_disk(self._partial)
             os.replace(self._partial, self.path)
+            sync_to_disk(self.path.parent)
         else:
             self._partial.unlink(missing_ok=True)
+
+    def copy_from(self, archive: str | Path) -> list[str]:
+        """Copy every video (top-level dataset or group, with its attributes) of ``archive`` into this one as
+        HDF5 stores it (chunks and filters kept); the names copied."""
+        with h5py.File(archive, "r") as source:
+            names = list(source)
+            for name in names:
+                source.copy(source[name], self._file, name=name)
+        return names
 
     def add(self, video: str, features: np.ndarray, duration: float | None = None) -> None:
         """Store ``features`` as float32 under ``video``; no timestamps, so equal inputs give equal files."""
@@ -53,6 +68,15 @@ class ArchiveWriter:
         )
         if duration is not None:
             dataset.attrs["duration"] = float(duration)
+
+
+def sync_to_disk(path: str | Path) -> None:
+    """fsync a file or a folder (a folder: so that a rename in it survives a power cut)."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def annotation_item(annotation: Annotation) -> list:
