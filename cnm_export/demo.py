@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -166,7 +167,18 @@ def main(out: Path, charades: Path | None, epochs: int, seed: int) -> None:
     click.echo(f"\nDone in {summary['total_s']:.0f} s.\n")
     click.echo((out / "report.md").read_text())
     click.echo(f"Left in {out}: {', '.join(left_behind(out))}.\n"
-               f"Go on by hand: cd {out} && cnm-run --features data/features.hdf5 --queries data/queries.jsonl")
+               f"Go on by hand: cd {out} && {command_path('cnm-run')} --features data/features.hdf5 "
+               "--queries data/queries.jsonl")
+
+
+def command_path(name: str) -> str:
+    """How to type ``name`` here: bare where the shell finds this installation's, else its full path (the
+    set-up commands install into a virtual environment that need not be active)."""
+    installed = Path(sys.executable).parent / name
+    found = shutil.which(name)
+    if installed.exists() and not (found and Path(found).resolve() == installed.resolve()):
+        return str(installed.resolve())
+    return name
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +32,15 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert "prior" in report and "PyTorch" in report and "ONNX Runtime" in report
     assert report.startswith("Seed 1 ") and summary["seed"] == 1
     assert "queries/s" not in report and "python -m benchmarks.run" in report
+
+
+def test_go_on_by_hand_names_a_command_the_shell_finds(monkeypatch):
+    """After the set-up commands the virtual environment is not active: the line the demo prints must run as
+    printed, so it names this installation's cnm-run by its path unless the shell finds that very one."""
+    from cnm_export.demo import command_path
+
+    installed = Path(sys.executable).parent / "cnm-run"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert command_path("cnm-run") == str(installed.resolve())
+    monkeypatch.setenv("PATH", f"{installed.parent}:/usr/bin")
+    assert command_path("cnm-run") == "cnm-run"

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from cnm_runtime.datasets.convert import read_annotation_files
-from cnm_runtime.datasets.default import DEFAULT_NUM_VIDEOS, DEFAULT_QUERIES_PER_VIDEO, make_default_dataset
+from cnm_runtime.datasets.default import DEFAULT_NUM_VIDEOS, DEFAULT_QUERIES_PER_VIDEO, TEMPLATES, make_default_dataset
 from cnm_runtime.datasets.synth import SynthInfo, synthesize_archive
 from cnm_runtime.text import load_glove
 
@@ -44,7 +44,9 @@ def _log_info(info: SynthInfo, seconds: float) -> None:
 @click.option("--vocab-cap", type=click.IntRange(min=1),
               help="Only the N most common words of the glove counter make signals (the model's vocab_size).")
 @click.option("--num-videos", default=DEFAULT_NUM_VIDEOS, show_default=True, type=click.IntRange(min=3), help="With --default.")
-@click.option("--queries-per-video", default=DEFAULT_QUERIES_PER_VIDEO, show_default=True, type=click.IntRange(min=1), help="With --default.")
+@click.option("--queries-per-video", default=DEFAULT_QUERIES_PER_VIDEO, show_default=True,
+              type=click.IntRange(min=1, max=len(TEMPLATES)),
+              help=f"With --default: sentences a video, each of another template (1 to {len(TEMPLATES)}).")
 def main(annotation_files, glove, default, out, frame_dim, rows_per_second, seed, vocab_cap, num_videos,
          queries_per_video) -> None:
     """Write an HDF5 archive of synthetic I3D-like features whose annotated moments carry their sentences."""
