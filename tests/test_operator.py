@@ -165,3 +165,13 @@ def test_a_signal_at_any_moment_ends_with_its_status_and_resume_completes(tiny_m
     code, _, err = finished(_run(tiny_model, archive, queries, *run, "--resume"))
     assert code == 0, err
     assert read_lines(pred) == ground_all(Grounder(tiny_model, batch_size=2), archive, records)[0]
+
+
+def test_the_files_a_run_writes_get_the_usual_permissions(tiny_model, archive, queries, tmp_path):
+    """Written whole files (metrics, provenance) as any file open() makes: what the umask leaves of 0666."""
+    pred, metrics = tmp_path / "pred.jsonl", tmp_path / "metrics.json"
+    code, _, err = finished(_run(tiny_model, archive, queries, "-o", pred, "--metrics", metrics,
+                                 preexec_fn=lambda: os.umask(0o022)))
+    assert code == 0, err
+    for path in (pred, metrics, tmp_path / "pred.jsonl.run.json"):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path

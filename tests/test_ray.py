@@ -13,12 +13,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import REPO
 from test_run import archive, good_records, tiny_model, write_lines  # noqa: F401 (fixtures)
-from test_run_cli import BAD_LINES, cnm_run, finished
+from test_run_cli import BAD_LINES, cnm_run, finished, write_linked_archive
 from cnm_runtime.options import RunOptions
 from cnm_runtime.provenance import ProvenanceMismatch
 from cnm_runtime.queries import read_lines
@@ -258,17 +257,7 @@ def test_a_ray_that_cnm_run_starts_listens_on_the_loopback_interface_only(tmp_pa
 
 def test_every_flag_that_changes_records_reaches_the_actors(ray_address, tiny_model, tmp_path):
     """--refuse-outside-links: the Ray engine's records equal the local run's with it (and differ without)."""
-    import h5py
-
-    (tmp_path / "inside").mkdir()
-    (tmp_path / "outside").mkdir()
-    features = np.maximum(np.random.default_rng(0).standard_normal((30, 1024)), 0).astype(np.float32)
-    with h5py.File(tmp_path / "outside" / "far.h5", "w") as far:
-        far["v"] = features
-    archive = tmp_path / "inside" / "archive.hdf5"
-    with h5py.File(archive, "w") as out:
-        out["near"] = features
-        out["linked"] = h5py.ExternalLink("../outside/far.h5", "v")
+    archive = write_linked_archive(tmp_path)
     queries = write_lines(tmp_path / "q.jsonl", [{"video": video, "query": "person sits"}
                                                  for video in ("near", "linked", "near", "linked")])
     common = ("--model", tiny_model, "--features", archive, "--queries", queries, "--batch-size", BATCH,

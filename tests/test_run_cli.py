@@ -223,18 +223,25 @@ def test_a_dead_feed_process_is_a_clear_error_and_resume_completes(tiny_model, a
     assert json.loads((tmp_path / "metrics.json").read_text())["resumed"] == written
 
 
-def test_links_outside_the_archive_folder_are_refused_on_request(tiny_model, tmp_path):
+def write_linked_archive(folder: Path) -> Path:
+    """``folder/inside/archive.hdf5`` with a video ``near`` and ``linked``, an external link to the same values
+    in ``folder/outside``."""
     import h5py
 
-    (tmp_path / "inside").mkdir()
-    (tmp_path / "outside").mkdir()
+    (folder / "inside").mkdir()
+    (folder / "outside").mkdir()
     features = np.maximum(np.random.default_rng(0).standard_normal((30, 1024)), 0).astype(np.float32)
-    with h5py.File(tmp_path / "outside" / "far.h5", "w") as far:
+    with h5py.File(folder / "outside" / "far.h5", "w") as far:
         far["v"] = features
-    archive = tmp_path / "inside" / "archive.hdf5"
+    archive = folder / "inside" / "archive.hdf5"
     with h5py.File(archive, "w") as out:
         out["near"] = features
         out["linked"] = h5py.ExternalLink("../outside/far.h5", "v")
+    return archive
+
+
+def test_links_outside_the_archive_folder_are_refused_on_request(tiny_model, tmp_path):
+    archive = write_linked_archive(tmp_path)
     queries = write_lines(tmp_path / "q.jsonl", [{"video": video, "query": "person sits"} for video in ("near", "linked")])
     run = ("--model", tiny_model, "--features", archive, "--queries", queries, "--errors", tmp_path / "errors.jsonl")
 
