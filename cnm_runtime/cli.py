@@ -20,7 +20,7 @@ import click
 # Only light modules here: the signal handlers go in before numpy, h5py and ONNX Runtime load (in the
 # engines' functions below), so that Ctrl-C during start-up ends the run as cleanly as later.
 from cnm_runtime.options import DEFAULT_MAX_VIDEO_BYTES, PROVIDER_CHOICES, ArchiveOptions, RunOptions
-from cnm_runtime.run_files import OutputError, OutputInUse, RunFiles, refuse_aliases, write_json_atomic
+from cnm_runtime.run_files import OutputError, OutputInUse, RunFiles, refuse_aliases
 from cnm_runtime.stop import StopSignals
 
 log = logging.getLogger("cnm-run")
@@ -127,8 +127,6 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
                 metrics = _ray(files, options, address, actors, shard_batches, stop)
             else:
                 metrics = _local(files, options, resume, stop)
-            if files.metrics:
-                write_json_atomic(files.metrics, metrics)
         except Failed as failure:
             log.error("%s", failure)
             _leave(failure.status, engine, stopped=bool(stop.requested))

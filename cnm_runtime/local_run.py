@@ -1,7 +1,8 @@
 """cnm-run on this machine: every query of a queries file into ``-o`` (and ``--errors``), resumable.
 
 Predictions go to ``-o`` as JSON lines in input order, each flushed as its batch finishes; error records to
-``--errors`` (or the log). The output is locked for the run and its provenance written beside it
+``--errors`` (or the log), and the metrics to ``--metrics``. Each output is locked for the run, and the
+predictions' provenance is written beside them
 (``<output>.run.json``), so that ``--resume`` continues only an output of the same queries and model, skipping
 the qids already in it. The run stops cleanly when ``StopSignals`` asks (Ctrl-C, SIGTERM).
 """
@@ -38,13 +39,14 @@ def run_local(grounder: Grounder, files: RunFiles, resume: bool, stop: StopSigna
     count, queries_sha256 = queries.scan()
     tally = RunTally()
     with ExitStack() as stack:
-        output = None if files.to_stdout else stack.enter_context(LockedFile(files.output, "-o"))
+        locked = {flag: stack.enter_context(LockedFile(path, flag)) for flag, path in files.outputs().items()
+                  if not (flag == "-o" and files.to_stdout)}  # each output this run's alone, before any is written
+        output = locked.get("-o")
         done = _resume(output, files, queries_sha256, tally) if resume and output else []
         predictions = stack.enter_context(JsonLines(output, append=resume))  # emptied first unless resuming
         if output and output.regular:  # what it is made from, for a later --resume (a device is no output)
             write_json_atomic(provenance_path(files.output), provenance(queries_sha256, files.model))
-        errors = stack.enter_context(JsonLines(stack.enter_context(LockedFile(files.errors, "--errors")))) \
-            if files.errors else None
+        errors = stack.enter_context(JsonLines(locked["--errors"])) if files.errors else None
         progress = stack.enter_context(tqdm(total=count, initial=len(done), unit="query", file=sys.stderr,
                                             disable=None, dynamic_ncols=True))
         stack.enter_context(logging_redirect_tqdm())
@@ -64,7 +66,10 @@ def run_local(grounder: Grounder, files: RunFiles, resume: bool, stop: StopSigna
             progress.update(1)
             if stop.requested:
                 break
-    return tally.metrics(grounder.provider, time.perf_counter() - started)
+        metrics = tally.metrics(grounder.provider, time.perf_counter() - started)
+        if files.metrics:
+            write_json_atomic(files.metrics, metrics)
+    return metrics
 
 
 def _resume(output: LockedFile, files: RunFiles, queries_sha256: str | None, tally: RunTally) -> list[str | int]:

@@ -53,7 +53,8 @@ def test_a_second_run_on_an_output_in_use_fails_at_once(tiny_model, archive, tmp
     _wait_for_lines(pred, 5, first)
     first.send_signal(signal.SIGSTOP)  # paused, holding the output
     try:
-        for again in (["-o", pred], ["-o", tmp_path / "other.jsonl", "--errors", pred], ["-o", pred, "--resume"]):
+        for again in (["-o", pred], ["-o", tmp_path / "other.jsonl", "--errors", pred], ["-o", pred, "--resume"],
+                      ["-o", tmp_path / "third.jsonl", "--metrics", pred]):
             code, _, err = finished(_run(tiny_model, archive, queries, *again))
             assert code == 2 and "is in use by another run" in err and "Traceback" not in err
     finally:

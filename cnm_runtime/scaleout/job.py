@@ -16,7 +16,7 @@ import secrets
 import sys
 import time
 from collections import defaultdict
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from cnm_runtime.outcomes import QueryError
 from cnm_runtime.provenance import provenance
 from cnm_runtime.queries import QueriesFile
 from cnm_runtime.report import RunTally
-from cnm_runtime.run_files import RunFiles, write_json_atomic
+from cnm_runtime.run_files import LockedFile, RunFiles, write_json_atomic
 from cnm_runtime.scaleout.dataset import OUTPUT_COLUMNS, ground_dataset, shard_row, shards_dataset
 from cnm_runtime.scaleout.shard_files import METRICS, ShardFiles
 from cnm_runtime.scaleout.shards import plan_shards
@@ -58,7 +58,9 @@ def run_ray(files: RunFiles, options: RunOptions, ray_options: RayOptions, stop:
     if queries_sha256 is None:
         raise ValueError(f"--engine ray needs a queries file it can read twice; {files.queries} is not one")
     shards = math.ceil(count / shard_size)
-    with ShardFiles(files.output, shards) as folder:
+    with ShardFiles(files.output, shards) as folder, ExitStack() as stack:
+        if files.metrics:  # a copy of OUT/metrics.json, this run's alone
+            stack.enter_context(LockedFile(files.metrics, "--metrics"))
         folder.start(provenance(queries_sha256, files.model, shard_size=shard_size, shards=shards))
         started_ray = not ray.is_initialized()
         if started_ray:
@@ -70,7 +72,9 @@ def run_ray(files: RunFiles, options: RunOptions, ray_options: RayOptions, stop:
             if started_ray and not stop.requested:  # a stopped run leaves Ray as it is (cnm_runtime.cli._leave)
                 ray.shutdown()
         metrics = tally.metrics(",".join(sorted(providers)) or "none", time.perf_counter() - started)
-        write_json_atomic(files.output / METRICS, metrics)
+        for path in (files.output / METRICS, files.metrics):
+            if path:
+                write_json_atomic(path, metrics)
     return metrics
 
 
