@@ -43,3 +43,10 @@ def test_the_python_example_runs_as_written(tmp_path, capsys):
 def test_the_error_codes_listed_are_the_codes_the_code_emits():
     listed = section("Formats").split("Codes:", 1)[1].split("What each means", 1)[0]
     assert sorted(re.findall(r"`([a-z_0-9]+)`", listed)) == sorted(ERROR_CODES)
+
+
+def test_the_exit_statuses_listed_are_cnm_runs():
+    from cnm_runtime.cli import EXIT_STATUSES
+
+    listed = README.split("<!-- exit statuses -->", 1)[1].split("<!-- end of exit statuses -->", 1)[0]
+    assert sorted(int(status) for status in re.findall(r"`(\d+)`", listed)) == sorted(EXIT_STATUSES)
