@@ -46,6 +46,9 @@ class RunOptions:
     feeders: int | None = None
     keep_videos: int = 64  # recent videos each preparer keeps, so nearby queries of one video share a read
     trt_cache: Path | None = None  # TensorRT engines and timing caches (None: ~/.cache/cnm/tensorrt)
+    # Denormal results flushed to zero in the model's own threads: faster where a softmax underflows (python -m
+    # benchmarks.run sets it against keeping them); values below 1.2e-38 then count as 0.
+    flush_denormals: bool = True
     archive: ArchiveOptions = field(default_factory=ArchiveOptions)
 
     def __post_init__(self) -> None:

@@ -6,8 +6,8 @@ with pages of warnings), so ``auto`` first looks for a CUDA driver with a device
 library. A provider asked for by name that cannot start is an error, never a silent slow run.
 
 The model runs only in the session's own threads (``runs`` of them, each with an ONNX Runtime session made
-in that thread): ONNX Runtime flushes denormals to zero in the thread that makes a session and in those that
-run it, and that must not leak into the caller's threads. Inputs and outputs go through IO binding on every
+in that thread), which flush denormals to zero (``cnm_runtime.denormals``); the caller's threads are left as
+they are, and so is the thread that makes the first session, where ONNX Runtime would set the same. Inputs and outputs go through IO binding on every
 provider (on a GPU the inputs are copied to the device once and the outputs stay there until read).
 """
 from __future__ import annotations
@@ -28,6 +28,7 @@ import onnxruntime as ort
 
 from cnm_runtime.batch import Batch
 from cnm_runtime.cores import available_cores
+from cnm_runtime.denormals import flush_denormals_here
 from cnm_runtime.model_spec import ModelSpec, check_graph
 from cnm_runtime.options import RunOptions
 
@@ -102,7 +103,7 @@ def _runnable(short: str) -> str | None:
     return None
 
 
-def _options(threads: int) -> ort.SessionOptions:
+def _options(threads: int, flush_denormals: bool) -> ort.SessionOptions:
     """The session options of every provider, with ``threads`` ONNX Runtime threads a run."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -111,9 +112,8 @@ def _options(threads: int) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle threads sleep instead of spinning: the feed needs the cores the model is not using.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # Flush denormals to zero in the session's threads: a softmax over masked keys underflows, and the CPU's
-    # slow path for denormal results would cost more than the useful work; weights below 1.2e-38 become 0.
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
+    # ONNX Runtime's own threads (a GPU provider's, or threads > 1) flush as the session's threads do
+    options.add_session_config_entry("session.set_denormal_as_zero", "1" if flush_denormals else "0")
     return options
 
 
@@ -166,7 +166,7 @@ def _provider_name(entry: str | tuple[str, dict]) -> str:
 _MAKING = threading.Lock()
 
 
-def _new_session(path: Path, threads: int, chain: list) -> ort.InferenceSession:
+def _new_session(path: Path, threads: int, chain: list, flush_denormals: bool) -> ort.InferenceSession:
     """A session on ``chain`` whose notices go to the debug log: ONNX Runtime prints some with print(),
     which would land among predictions written to standard output."""
     notices = io.StringIO()
@@ -174,7 +174,7 @@ def _new_session(path: Path, threads: int, chain: list) -> ort.InferenceSession:
     with _MAKING, contextlib.redirect_stdout(notices):
         ort.set_default_logger_severity(ORT_QUIET)
         try:
-            session = ort.InferenceSession(str(path), _options(threads), providers=chain,
+            session = ort.InferenceSession(str(path), _options(threads, flush_denormals), providers=chain,
                                            disabled_optimizers=CPU_DISABLED_OPTIMIZERS if cpu_only else None)
         finally:
             ort.set_default_logger_severity(ORT_DEFAULT_LOG_SEVERITY)
@@ -207,8 +207,10 @@ class ModelSession:
         self.provider = _provider_name(self._chain[0])
         self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
         self.runs = options.runs or (max(1, default_threads() // self.threads) if self.device == "cpu" else 1)
+        self._flush_denormals = options.flush_denormals
         self._local = threading.local()  # each thread's own session, made on its first batch
-        self._pool = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model")
+        self._pool = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model",
+                                        initializer=flush_denormals_here if options.flush_denormals else None)
 
     def _start(self, options: RunOptions) -> tuple[ModelSpec, np.dtype, list, int]:
         """The model's spec and frames type, and the provider chain and threads that do start (a session is
@@ -225,7 +227,7 @@ class ModelSession:
         threads = options.threads or (CPU_THREADS_PER_RUN if chain == [PROVIDERS["cpu"]] else default_threads())
         if chain == [PROVIDERS["cpu"]]:
             return spec, frames_dtype, chain, threads
-        started = _new_session(self.model_path, threads, chain).get_providers()[0]
+        started = _new_session(self.model_path, threads, chain, options.flush_denormals).get_providers()[0]
         if started != _provider_name(chain[0]):
             if options.provider != "auto":
                 raise RuntimeError(f"--provider {options.provider}: {_provider_name(chain[0])} did not start "
@@ -238,7 +240,8 @@ class ModelSession:
     def _session(self) -> ort.InferenceSession:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = _new_session(self.model_path, self.threads, self._chain)
+            session = self._local.session = _new_session(self.model_path, self.threads, self._chain,
+                                                         self._flush_denormals)
         return session
 
     def submit(self, batch: Batch) -> Future:

@@ -620,3 +620,15 @@ def test_an_unexpected_exception_for_one_query_or_video_is_its_internal_error(ti
         (qid, "internal_error") for qid in failed - {"q1"}}
     messages = " ".join(e.message for e in errors)
     assert "KeyError" in messages and "ZeroDivisionError: a reader bug" in messages and "AttributeError" in messages
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_the_sessions_own_threads_flush_denormals_as_asked(tiny_model, flush):
+    def flushes() -> bool:
+        return bool(np.array([2.2250738585072014e-308])[0] / 4 == 0.0)
+
+    session = ModelSession(tiny_model, RunOptions(provider="cpu", runs=1, flush_denormals=flush))
+    frames = np.ones((1, 200, FRAME_DIM), np.float32)
+    session.run(Batch(frames, np.zeros(1, np.int64), np.ones((1, 21), np.int64), np.ones(1, np.int64)))
+    assert session._pool.submit(flushes).result() == flush and not flushes()
+    session.close()
