@@ -292,3 +292,33 @@ def test_cnm_run_metrics_without_ground_truth_are_null(tiny_model, archive, tmp_
     written = strict_json(metrics.read_text())
     assert [written[name] for name in METRIC_NAMES] == [None] * len(METRIC_NAMES) and written["predicted"] == 1
     assert "1 queries: 1 predicted" in err and "nan" not in err.lower()
+
+
+def test_a_queries_file_is_read_once_for_its_digest_count_and_list(tmp_path):
+    """scan() reads the bytes once for the digest and the count; an annotation list parsed then is kept, so
+    grounding does not read the file again (JSON lines are streamed again: memory stays bounded)."""
+    import hashlib
+
+    from cnm_runtime.queries import QueriesFile
+
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([["v1", 30, [1, 4], "person sits."], ["v2", 20, [2, 3], "a door opens."]]))
+    queries = QueriesFile(path)
+    assert queries.scan() == (2, hashlib.sha256(path.read_bytes()).hexdigest())
+    path.unlink()
+    assert [entry.content[0] for entry in queries.entries()] == ["v1", "v2"]
+
+
+def test_a_pipe_of_queries_is_grounded_as_it_streams(tiny_model, archive, tmp_path):
+    import os
+    import threading
+
+    records = good_records(6)
+    fifo = tmp_path / "q.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("".join(json.dumps(r) + "\n" for r in records)))
+    writer.start()
+    code, out, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", fifo))
+    writer.join()
+    assert code == 0, err
+    assert [json.loads(line)["qid"] for line in out.splitlines()] == [r["qid"] for r in records]
