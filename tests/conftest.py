@@ -95,6 +95,16 @@ def golden_inputs() -> GoldenInputs:
                         word_ids, words_len, vocab.word_vectors(glove))
 
 
+@pytest.fixture(scope="session")
+def ray_address():
+    """The address of a Ray started once for the whole session (2 CPUs), which cnm-run --engine ray joins with
+    --address: Ray's start-up is paid once, and a second ray.init in this process would fail."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 # --- small artefacts made on the fly -------------------------------------------------------------
 
 def write_glove(path: Path, words: list[str], dim: int = 300, seed: int = 0) -> Path:

@@ -1,6 +1,7 @@
 """cnm-run --engine ray: the local run's records from Ray Data actors, in shard files that a rerun completes.
 
-Ray starts once for the session (2 CPUs); a run in a subprocess joins it by its address.
+Ray starts once for the session (conftest's ``ray_address``, 2 CPUs); a run in a subprocess joins it by its
+address.
 """
 from __future__ import annotations
 
@@ -27,14 +28,6 @@ from cnm_runtime.scaleout.shards import plan_shards
 from cnm_runtime.stop import StopSignals
 
 BATCH = 4
-
-
-@pytest.fixture(scope="session")
-def ray_address():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
 
 
 def run_ray(model: Path, archive: Path, queries: Path, out: Path, actors: int = 2) -> dict:
