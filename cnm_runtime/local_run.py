@@ -39,8 +39,8 @@ def run_local(grounder: Grounder, files: RunFiles, resume: bool, stop: StopSigna
     count, queries_sha256 = queries.scan()
     tally = RunTally()
     with ExitStack() as stack:
-        locked = {flag: stack.enter_context(LockedFile(path, flag)) for flag, path in files.outputs().items()
-                  if not (flag == "-o" and files.to_stdout)}  # each output this run's alone, before any is written
+        # each output file this run's alone, before any is written
+        locked = {flag: stack.enter_context(LockedFile(path, flag)) for flag, path in files.outputs().items()}
         output = locked.get("-o")
         done = _resume(output, files, queries_sha256, tally) if resume and output else []
         predictions = stack.enter_context(JsonLines(output, append=resume))  # emptied first unless resuming

@@ -8,7 +8,8 @@
   ``read_back`` lets ``--resume`` continue a predictions file, cutting off a last line that a crash left
   half written.
 - Files that must appear whole (metrics, provenance, shard files) are written to a temporary file, synced and
-  renamed over the target (``write_atomic``), with the permissions a plain ``open`` would give them.
+  renamed over the target (``write_atomic``), with the permissions a plain ``open`` would give them; a device
+  or a pipe (``/dev/null``) is written into, never replaced.
 
 Any failure to write an output is an ``OutputError`` naming the file: cnm-run exits with a status of its own.
 """
@@ -45,7 +46,8 @@ class RunFiles:
         return {"--model": self.model, "--features": self.features, "--queries": self.queries}
 
     def outputs(self) -> dict[str, Path]:
-        named = {"-o": self.output, "--errors": self.errors, "--metrics": self.metrics}
+        """The files written, by flag: ``-o -`` is standard output, no file; ``--errors -`` is a file named ``-``."""
+        named = {"-o": None if self.to_stdout else self.output, "--errors": self.errors, "--metrics": self.metrics}
         return {flag: path for flag, path in named.items() if path is not None}
 
 def provenance_path(output: Path) -> Path:
@@ -71,12 +73,10 @@ def _identity(path: Path) -> tuple:
 
 
 def refuse_aliases(inputs: dict[str, Path], outputs: dict[str, Path]) -> None:
-    """ValueError naming both flags where an output is an input or another output (``flag -> path``; standard
-    output, ``-``, is no file)."""
+    """ValueError naming both flags where an output is an input or another output (``flag -> path``, files
+    only)."""
     seen: dict[tuple, str] = {_identity(path): flag for flag, path in inputs.items()}
     for flag, path in outputs.items():
-        if str(path) == "-":
-            continue
         identity = _identity(path)
         if identity in seen:
             raise ValueError(f"{flag} {path} is the same file as {seen[identity]}: it would be overwritten; "
@@ -185,7 +185,8 @@ class JsonLines:
         try:
             if not self._failed:
                 self._handle.flush()
-                os.fsync(self._handle.fileno())
+                if self.file.regular:  # a device or a pipe has nothing to sync (and fsync fails on it)
+                    os.fsync(self._handle.fileno())
         except OSError as error:
             raise OutputError(f"cannot write {self.name}: {_reason(error)}") from error
         finally:
@@ -220,8 +221,18 @@ def read_back(file: LockedFile) -> Iterator[dict[str, Any]]:
 
 def write_atomic(path: str | Path, lines: Iterable[str]) -> None:
     """Write ``lines`` (each without its newline) so that readers see the old file or the whole new one, never
-    a part, and a crash right after leaves the new one on disk; OutputError names the file otherwise."""
+    a part, and a crash right after leaves the new one on disk; OutputError names the file otherwise.
+
+    A path that leads to a device or a pipe (``/dev/null``, ``/dev/stdout``) is written into: renaming a file
+    over it would replace it for every program (root may rename over ``/dev/null``)."""
     path = Path(path)
+    if _special(path):
+        try:
+            with open(path, "w", encoding="utf-8") as out:
+                out.writelines(line + "\n" for line in lines)
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {_reason(error)}") from error
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -240,6 +251,15 @@ def write_atomic(path: str | Path, lines: Iterable[str]) -> None:
         if isinstance(error, OSError):
             raise OutputError(f"cannot write {path}: {_reason(error)}") from error
         raise
+
+
+def _special(path: Path) -> bool:
+    """Whether ``path`` leads (through symbolic links too) to something other than a file or a folder."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def finite(data: Any) -> Any:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from cnm_runtime.grounder import Grounder, ground
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import Prediction, QueryError
 from cnm_runtime.report import RunTally
-from cnm_runtime.run_files import JsonLines, LockedFile, read_back, write_json_atomic
+from cnm_runtime.run_files import JsonLines, LockedFile, OutputError, read_back, write_json_atomic
 from cnm_runtime.session import PROVIDERS, ModelSession, cuda_devices, provider_chain
 
 WORDS = (
@@ -412,6 +413,18 @@ def test_write_json_atomic_replaces_whole(tmp_path):
     write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_write_json_atomic_writes_into_a_device_it_cannot_replace(tmp_path):
+    """Renaming a file over /dev/null would replace it for every program (root may do it): a device is written
+    into, here through symbolic links, which stay as they are."""
+    null, full = tmp_path / "null", tmp_path / "full"
+    null.symlink_to(os.devnull)
+    full.symlink_to("/dev/full")
+    write_json_atomic(null, {"a": 1})
+    with pytest.raises(OutputError, match="cannot write .*full: No space left on device"):
+        write_json_atomic(full, {"a": 1})
+    assert null.is_symlink() and full.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["full", "null"]
 
 
 def test_tally_counts_and_metrics():
