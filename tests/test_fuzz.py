@@ -3,6 +3,7 @@ worst. Pathological lines one by one first, then seeded mutations of valid files
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import h5py
@@ -14,7 +15,9 @@ from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.errors import ERROR_CODES, InputError
 from cnm_runtime.outcomes import QueryError
 from cnm_runtime.queries import BOM, MAX_LINE_BYTES, Query, count_queries, read_queries
-from test_run import archive, tiny_model  # noqa: F401 (fixtures)
+from test_run import archive, good_records, ground_all, tiny_model  # noqa: F401 (fixtures)
+from test_run_cli import cnm_run, finished
+from cnm_runtime.grounder import Grounder
 
 GOOD = b'{"video": "v1", "query": "person opens the door.", "duration": 12.5, "timestamps": [1, 4]}'
 
@@ -253,9 +256,6 @@ def test_cnm_run_accounts_for_every_line_of_mutated_files(tiny_model, archive, t
     """Mutated queries over a mutated archive, in a thread or in feed processes: no traceback; the archive
     opens or the run says it cannot (exit 1); else every line is one prediction or one error record, the
     output is strict JSON and the exit status is 0 under --max-errors."""
-    from test_run import good_records
-    from test_run_cli import cnm_run, finished
-
     rng = random.Random(seed)
     lines = [json.dumps(record).encode() for record in good_records(30, seed)]
     data = b"\n".join(lines[:1] + [mutated_line(rng, line) if rng.random() < 0.5 else line for line in lines[1:]])
@@ -279,3 +279,113 @@ def test_cnm_run_accounts_for_every_line_of_mutated_files(tiny_model, archive, t
     assert len(predicted) + len(failed) == len(expected_lines(data + b"\n"))
     assert len({record["line"] for record in failed}) == len(failed)
     assert all(record["code"] in ERROR_CODES for record in failed)
+
+
+# --- cnm-run's outputs drawn at random -----------------------------------------------------------------------
+
+OUTPUT_FLAGS = ("-o", "--errors", "--metrics")
+# what each output flag may be given, and how often: outputs that are inputs (through links too) or one another
+# are usage errors (2), outputs that cannot be written 74, the rest must run and write every line
+OUTPUT_KINDS = {"absent": 6, "fresh": 6, "-": 4, "/dev/null": 4, "/dev/full": 1, "under_a_file": 1, "folder": 1,
+                "another_output": 1, "input": 1, "symlink_to_input": 1, "hard_link_to_input": 1}
+ALIASES_AN_INPUT = ("input", "symlink_to_input", "hard_link_to_input")
+
+
+def output_path(kind: str, flag: str, folder, inputs: list, taken: list, rng: random.Random):
+    """The path ``flag`` gets for ``kind`` (None: the flag is not given), made in ``folder`` where it needs a
+    file; ``taken`` holds the other flags' paths drawn so far."""
+    name = flag.strip("-")
+    if kind == "absent":
+        return None
+    if kind == "input":
+        return rng.choice(inputs)
+    if kind == "symlink_to_input":
+        (folder / f"link-{name}").symlink_to(rng.choice(inputs))
+        return folder / f"link-{name}"
+    if kind == "hard_link_to_input":
+        os.link(rng.choice(inputs), folder / f"hard-{name}")
+        return folder / f"hard-{name}"
+    if kind == "another_output":
+        files = [path for path in taken if str(path) != "-"]
+        return rng.choice(files) if files else folder / "shared"
+    if kind == "under_a_file":
+        (folder / "plain").write_text("a file, not a folder\n")
+        return folder / "plain" / name
+    if kind == "folder":
+        (folder / "folder").mkdir(exist_ok=True)
+        return folder / "folder"
+    if kind == "fresh":
+        return folder / f"{name}.out"
+    return kind  # /dev/null, /dev/full, -
+
+
+def expected_status(drawn: dict) -> tuple[int, list[str]]:
+    """cnm-run's exit status for outputs ``drawn`` (flag -> (kind, path)), and the flags that cause it."""
+    files = {flag: str(path) for flag, (kind, path) in drawn.items() if path is not None and (flag, kind) != ("-o", "-")}
+    shared = [flag for flag, path in files.items() if list(files.values()).count(path) > 1]
+    unusable = [flag for flag, (kind, _) in drawn.items() if kind == "folder" or kind in ALIASES_AN_INPUT] + shared
+    if unusable:
+        return 2, unusable
+    unwritable = [flag for flag, (kind, _) in drawn.items() if kind in ("under_a_file", "/dev/full")]
+    return (74, unwritable) if unwritable else (0, [])
+
+
+def device_modes() -> dict[str, int]:
+    return {path: os.stat(path).st_mode for path in ("/dev/null", "/dev/full")}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cnm_run_writes_every_line_or_says_which_output_it_cannot_use(tiny_model, archive, tmp_path, seed):  # noqa: F811
+    """-o, --errors and --metrics drawn from inputs, links to them, one another, devices, folders and paths
+    under a file: every line written, or exit 2 (an output is an input or another output, or a folder) or 74 (it
+    cannot be written) with one line naming the flag or the file, never a traceback; no input ever changes."""
+    rng = random.Random(seed)
+    records = good_records(8) + [{"qid": "gone", "video": "nope", "query": "person sits"}]
+    expected, _ = ground_all(Grounder(tiny_model, batch_size=4), archive, records)
+    devices = device_modes()
+    for round_ in range(5):
+        folder = tmp_path / str(round_)
+        folder.mkdir()
+        queries = folder / "q.jsonl"
+        queries.write_text("".join(json.dumps(record) + "\n" for record in records))
+        inputs = [tiny_model, archive, queries]
+        before = {path: path.read_bytes() for path in inputs}
+        drawn, taken = {}, []
+        for flag in rng.sample(OUTPUT_FLAGS, len(OUTPUT_FLAGS)):
+            kind = rng.choices(list(OUTPUT_KINDS), weights=list(OUTPUT_KINDS.values()))[0]
+            drawn[flag] = kind, output_path(kind, flag, folder, inputs, taken, rng)
+            if drawn[flag][1] is not None:
+                taken.append(drawn[flag][1])
+        flags = [str(item) for flag, (_, path) in drawn.items() if path is not None for item in (flag, path)]
+        code, out, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", queries,
+                                          "--batch-size", 4, "--max-errors", 1, *flags, cwd=folder))
+        status, culprits = expected_status(drawn)
+        what = f"seed {seed} round {round_}: {drawn}"
+        assert code == status and "Traceback" not in err, f"{what}\n{err}"
+        assert {path: path.read_bytes() for path in inputs} == before, what
+        assert device_modes() == devices, what
+        if status == 2:  # click's one line saying what is wrong
+            (line,) = [line for line in err.splitlines() if line.startswith("Error: ")]
+            assert any(f"{flag} " in line or f"'{flag}'" in line for flag in culprits), f"{what}\n{err}"
+        elif status == 74:
+            last = err.splitlines()[-1]
+            assert any(str(drawn[flag][1]) in last for flag in culprits), f"{what}\n{err}"
+        else:
+            assert_every_line_written(drawn, folder, out, err, expected)
+
+
+def assert_every_line_written(drawn: dict, folder, out: str, err: str, expected: list[dict]) -> None:
+    def lines(path) -> list[dict]:
+        return [json.loads(line) for line in (folder / path).read_text().splitlines()]
+
+    output, errors, metrics = (drawn[flag][1] for flag in OUTPUT_FLAGS)
+    if output in (None, "-"):
+        assert [json.loads(line) for line in out.splitlines()] == expected
+    elif output != "/dev/null":
+        assert lines(output) == expected
+    if errors is None:
+        assert "qid gone: unknown_video" in err
+    elif errors != "/dev/null":
+        assert [record["qid"] for record in lines(errors)] == ["gone"]
+    if metrics not in (None, "/dev/null"):
+        assert json.loads((folder / metrics).read_text())["queries"] == len(expected) + 1
