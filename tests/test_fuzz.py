@@ -1,23 +1,29 @@
 """Hostile input: every queries line becomes one query or one error record, every archive a clear error at
-worst. Pathological lines one by one first, then seeded mutations of valid files."""
+worst, every choice of output paths a run that writes every line or one clear refusal. Pathological lines one
+by one first, then seeded mutations of valid files, then output paths drawn at random."""
 from __future__ import annotations
 
 import json
 import os
 import random
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from cnm_runtime import queries as queries_module
-from cnm_runtime.archive import C3D_DATASET, FeatureArchive
-from cnm_runtime.errors import ERROR_CODES, InputError
-from cnm_runtime.outcomes import QueryError
-from cnm_runtime.queries import BOM, MAX_LINE_BYTES, Query, count_queries, read_queries
+from conftest import REPO
+from poison import KINDS, write_poisoned
+from test_hostile_archives import run_in_child
 from test_run import archive, good_records, ground_all, tiny_model  # noqa: F401 (fixtures)
 from test_run_cli import cnm_run, finished
+from cnm_runtime import queries as queries_module
+from cnm_runtime.archive import C3D_DATASET
+from cnm_runtime.errors import ERROR_CODES, InputError
 from cnm_runtime.grounder import Grounder
+from cnm_runtime.outcomes import QueryError
+from cnm_runtime.queries import BOM, MAX_LINE_BYTES, Query, count_queries, read_queries
 
 GOOD = b'{"video": "v1", "query": "person opens the door.", "duration": 12.5, "timestamps": [1, 4]}'
 
@@ -224,29 +230,156 @@ def mutated_file(rng: random.Random, data: bytes) -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("seed", range(2))
+# Poisoned videos of every kind but too_large, whose megabyte of compressed chunks would take nearly every
+# mutation (its check reads only the shape and the type, which the others' checks read too)
+FUZZED_KINDS = [kind for kind in KINDS if kind != "too_large"]
+ROWS, DIM = 20, 8
+LINKED_VIDEOS = ("link0", "link1", "link2")
+
+
+def write_link_targets(folder) -> list[str]:
+    """What a link may name, as it names it (beside the archive, or absolute): missing files, a FIFO and a
+    link to it, a device, a folder, another archive inside the folder and one outside it."""
+    with h5py.File(folder / "other.h5", "w") as out:
+        out["v"] = np.ones((ROWS, DIM), np.float32)
+    (folder.parent / "outside").mkdir()
+    with h5py.File(folder.parent / "outside" / "far.h5", "w") as out:
+        out["v"] = np.ones((ROWS, DIM), np.float32)
+    os.mkfifo(folder / "target.fifo")
+    (folder / "fifo-link.h5").symlink_to("target.fifo")
+    (folder / "folder.h5").mkdir()
+    return ["missing.h5", str(folder / "gone" / "missing.h5"), "target.fifo", str(folder / "target.fifo"),
+            "fifo-link.h5", "/dev/zero", "folder.h5", "other.h5", str(folder / "other.h5"), "../outside/far.h5"]
+
+
+def add_random_links(path, targets: list[str], rng: random.Random) -> None:
+    """LINKED_VIDEOS, each an external link, a virtual dataset or external raw storage naming a random target."""
+    with h5py.File(path, "a") as out:
+        for video in LINKED_VIDEOS:
+            target, how = rng.choice(targets), rng.randrange(3)
+            if how == 0:
+                out[video] = h5py.ExternalLink(target, rng.choice(["v", "/v", "nope"]))
+            elif how == 1:
+                layout = h5py.VirtualLayout(shape=(ROWS, DIM), dtype=np.float32)
+                layout[:] = h5py.VirtualSource(target, rng.choice(["v", "nope"]), shape=(ROWS, DIM))
+                out.create_virtual_dataset(video, layout)
+            else:  # a relative raw file is looked for from the current folder: name it from the archive's
+                raw = target if os.path.isabs(target) else os.path.join(os.path.dirname(path), target)
+                out.create_dataset(video, shape=(ROWS, DIM), dtype="f4",
+                                   external=[(raw, rng.choice([0, 512]), ROWS * DIM * 4)])
+
+
+def changes_a_global_heap(data: bytes, mutated: bytes) -> bool:
+    """Whether ``mutated`` differs from the HDF5 file ``data`` within a global heap collection (signature GCOL,
+    a version byte, 3 reserved bytes, then the collection's size in 8 bytes)."""
+    at = data.find(b"GCOL")
+    while at >= 0:
+        end = min(at + int.from_bytes(data[at + 8:at + 16], "little"), len(mutated))
+        if data[at:end] != mutated[at:end]:
+            return True
+        at = data.find(b"GCOL", at + 4)
+    return False
+
+
+# Loads every video of each archive listed in the JSON file argv[1] ([path, follow, videos] each) and prints a
+# JSON line for each archive: {"opened": the OSError that opening it gave, or null, "videos": {video: [code or
+# "ok" or "exception", message]}}
+LOAD_ARCHIVES_IN_CHILD = """
+import json, sys
+from cnm_runtime.archive import FeatureArchive
+from cnm_runtime.errors import InputError
+from cnm_runtime.options import ArchiveOptions
+from cnm_runtime.videos import load_clips
+for path, follow, videos in json.load(open(sys.argv[1])):
+    try:
+        archive = FeatureArchive(path, ArchiveOptions(follow_outside_links=follow))
+    except OSError as error:
+        print(json.dumps({"opened": str(error), "videos": {}}), flush=True)
+        continue
+    outcomes = {}
+    with archive:
+        for video in videos:
+            try:
+                load_clips(archive, video, %d, 8)
+                outcomes[video] = ["ok", ""]
+            except InputError as error:
+                outcomes[video] = [error.code, error.message]
+            except Exception as error:
+                outcomes[video] = ["exception", f"{type(error).__name__}: {error}"]
+    print(json.dumps({"opened": None, "videos": outcomes}), flush=True)
+""" % DIM
+
+
+def write_fuzzed_archives(folder, rng: random.Random, count: int) -> tuple[list[list], dict[str, str]]:
+    """``count`` archives in ``folder``, each [path, follow outside links, its videos, mutated], and the code of
+    each poisoned video as written: each archive holds good videos, a poisoned video of each kind and links to
+    random targets, and most are then mutated."""
+    base = folder / "base.hdf5"
+    videos = write_archive(base)
+    codes = write_poisoned(base, {f"bad_{kind}": kind for kind in FUZZED_KINDS}, ROWS, DIM)
+    videos += [*codes, *LINKED_VIDEOS]
+    targets, data = write_link_targets(folder), base.read_bytes()
+    archives = []
+    for round_ in range(count):
+        path = folder / f"m{round_}.hdf5"
+        path.write_bytes(data)
+        add_random_links(path, targets, rng)
+        mutated = rng.random() < 0.8
+        if mutated:
+            written = path.read_bytes()
+            while changes_a_global_heap(written, mutation := mutated_file(rng, written)):
+                pass  # HDF5 may loop for ever on it: test_a_damaged_global_heap_hangs_hdf5
+            path.write_bytes(mutation)
+        archives.append([str(path), mutated or rng.random() < 0.5, videos, mutated])
+    return archives, codes
+
+
+@pytest.mark.parametrize("seed", range(4))
 def test_mutated_archives_fail_to_open_or_give_arrays_or_input_errors(tmp_path, seed):
-    videos = write_archive(tmp_path / "base.hdf5")
-    data = (tmp_path / "base.hdf5").read_bytes()
-    rng = random.Random(seed)
-    for round_ in range(150):
-        path = tmp_path / f"m{round_}.hdf5"
-        path.write_bytes(mutated_file(rng, data))
-        try:
-            archive = FeatureArchive(path)
-        except OSError as error:
-            assert str(path) in str(error)
+    """Archives holding a poisoned video of each kind and links to random targets, most of them then mutated:
+    each opens or fails with an OSError naming it, and each video loads or is an InputError with a registered
+    code naming it; never another exception, never a hang (the loads run in a child killed if it hangs)."""
+    (tmp_path / "archives").mkdir()
+    archives, codes = write_fuzzed_archives(tmp_path / "archives", random.Random(seed), 60)
+    (tmp_path / "archives.json").write_text(json.dumps([archive[:3] for archive in archives]))
+    printed = run_in_child(LOAD_ARCHIVES_IN_CHILD, str(tmp_path / "archives.json")).splitlines()
+    assert len(printed) == len(archives)
+    for (path, follow, _, mutated), line in zip(archives, printed):
+        loaded = json.loads(line)
+        if loaded["opened"] is not None:
+            assert mutated and path in loaded["opened"], (path, loaded["opened"])
             continue
-        with archive:
-            for video in videos:
-                try:
-                    stored = archive.load(video)
-                except InputError as error:
-                    assert error.code in ("unknown_video", "unreadable_video", "bad_dtype", "incomplete_video",
-                                          "video_too_large", "not_2d") and repr(video) in error.message
-                else:
-                    assert isinstance(stored.features, np.ndarray)
-                    assert stored.duration is None or isinstance(stored.duration, float)
+        for video, (code, message) in loaded["videos"].items():
+            assert code == "ok" or (code in ERROR_CODES and code != "internal_error" and repr(video) in message), \
+                (path, video, code, message)
+        if not mutated and follow:  # as written: each poisoned video gives its code
+            assert {video: loaded["videos"][video][0] for video in codes} == {
+                video: "ok" if code == "bad_duration" else code for video, code in codes.items()}, path
+
+
+@pytest.mark.xfail(strict=True, reason="HDF5 2.0.0 (h5py 3.16) loops for ever in H5HG__cache_heap_deserialize on a "
+                                       "global heap object of size 0, inside H5Dopen of a virtual dataset: nothing in "
+                                       "this process can stop it")
+def test_a_damaged_global_heap_hangs_hdf5(tmp_path):
+    """A virtual dataset's mapping lies in a global heap collection; with the header of the collection's first
+    object zeroed, opening the dataset never returns. Mutations of global heaps are left out of the fuzzing
+    above for that reason; this test says when a newer HDF5 or cnm-run's reader no longer hangs."""
+    path = tmp_path / "archive.hdf5"
+    with h5py.File(path, "w") as out:
+        layout = h5py.VirtualLayout(shape=(ROWS, DIM), dtype=np.float32)
+        layout[:] = h5py.VirtualSource("source.h5", "v", shape=(ROWS, DIM))
+        out.create_virtual_dataset("virtual", layout)
+    data = bytearray(path.read_bytes())
+    heap = data.index(b"GCOL")
+    data[heap + 16:heap + 32] = bytes(16)  # the first object: heap index 0 (free space), size 0
+    path.write_bytes(data)
+    (tmp_path / "archives.json").write_text(json.dumps([[str(path), True, ["virtual"]]]))
+    try:
+        done = subprocess.run([sys.executable, "-c", LOAD_ARCHIVES_IN_CHILD, str(tmp_path / "archives.json")],
+                              capture_output=True, text=True, timeout=5, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a virtual dataset whose global heap is damaged hung")
+    assert json.loads(done.stdout)["videos"]["virtual"][0] == "unreadable_video", done.stderr
 
 
 # --- cnm-run end to end ------------------------------------------------------------------------------------
