@@ -498,8 +498,9 @@ def test_cnm_run_writes_every_line_or_says_which_output_it_cannot_use(tiny_model
         assert {path: path.read_bytes() for path in inputs} == before, what
         assert device_modes() == devices, what
         if status == 2:  # click's one line saying what is wrong
-            (line,) = [line for line in err.splitlines() if line.startswith("Error: ")]
-            assert any(f"{flag} " in line or f"'{flag}'" in line for flag in culprits), f"{what}\n{err}"
+            said = [line for line in err.splitlines() if line.startswith("Error: ")]
+            assert len(said) == 1 and any(f"{flag} " in said[0] or f"'{flag}'" in said[0] for flag in culprits), \
+                f"{what}\n{err}"
         elif status == 74:
             last = err.splitlines()[-1]
             assert any(str(drawn[flag][1]) in last for flag in culprits), f"{what}\n{err}"
