@@ -20,6 +20,15 @@ INPUT_NAMES = ("frames", "video_index", "word_ids", "words_len")
 OUTPUT_NAMES = ("center", "width")
 
 
+def check_input_names(names: tuple[str, ...], source: str) -> None:
+    """ValueError unless a graph's inputs are a CNM model's (naming the files of cnm 0.1.0, which lack one)."""
+    if set(names) == set(INPUT_NAMES) - {"video_index"}:
+        raise ValueError(f"{source}: exported by cnm 0.1.0, whose graphs lack the video_index input; "
+                         "export the checkpoint again with this cnm-export")
+    if set(names) != set(INPUT_NAMES):
+        raise ValueError(f"{source}: inputs {names} are not a CNM model's {INPUT_NAMES}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     words: tuple[str, ...]  # the kept vocabulary, id i+1 for words[i]

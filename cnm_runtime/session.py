@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from cnm_runtime.batch import Batch
 from cnm_runtime.cores import available_cores
-from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
+from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec, check_input_names
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +172,7 @@ class ModelSession:
         return max(1, default_threads() // self.threads) if self.device == "cpu" else 1
 
     def _read_spec(self, session: ort.InferenceSession) -> ModelSpec:
-        names = tuple(node.name for node in session.get_inputs())
-        if set(names) == set(INPUT_NAMES) - {"video_index"}:
-            raise ValueError(f"{self.model_path}: exported by cnm 0.1.0, whose graphs lack the video_index input; "
-                             "export the checkpoint again with this cnm-export")
-        if set(names) != set(INPUT_NAMES):
-            raise ValueError(f"{self.model_path}: inputs {names} are not a CNM model's {INPUT_NAMES}")
+        check_input_names(tuple(node.name for node in session.get_inputs()), str(self.model_path))
         return ModelSpec.from_metadata(session.get_modelmeta().custom_metadata_map, str(self.model_path))
 
     def _create(self, options: ort.SessionOptions, chain: list, quiet: bool) -> ort.InferenceSession:

@@ -1,0 +1,167 @@
+"""An exported CNM model in OpenVINO on the CPU: the same interface as ``ModelSession``, another engine.
+
+OpenVINO (``pip install 'cnm[openvino]'``) reads the fp32 ONNX file that cnm-export writes, variable batch
+and video axes and metadata included, and the int8 model that ``cnm-export --precision openvino-int8``
+writes (an OpenVINO IR, ``.xml`` with its ``.bin``). Precision is what the caller asks for, exact by default:
+
+- ``fp32`` (the default for an fp32 file): f32 arithmetic, set explicitly, since on CPUs with bf16
+  OpenVINO's own default would be bf16;
+- ``bf16``: bf16 arithmetic on an fp32 file, only where the CPU has it (AVX512-BF16 or AMX), never emulated;
+- ``int8``: the NNCF-quantized IR, its other operations in f32.
+
+ONNX Runtime's dynamic-int8 files are refused: OpenVINO dequantizes their weights and runs them slower
+than fp32. The model is compiled with the THROUGHPUT hint, which splits the cores into streams; each stream
+runs one infer request at a time, so the session keeps a pool of the compiled model's optimal number of
+requests and ``run`` takes one from it: ``default_runs()`` batches at once keep every stream busy, and
+``run`` may be called from any number of threads (those beyond the pool wait for a request).
+
+``openvino`` is imported here only, and only when a session is made, so cnm_runtime imports without it.
+"""
+from __future__ import annotations
+
+import importlib.util
+import queue
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnm_runtime.batch import Batch
+from cnm_runtime.model_spec import METADATA_KEY, OUTPUT_NAMES, ModelSpec, check_input_names
+from cnm_runtime.session import default_threads
+
+MISSING = "--provider openvino needs the openvino package: pip install 'cnm[openvino]'"
+IR_SUFFIX = ".xml"  # an OpenVINO IR: the graph; the weights are the .bin beside it
+OPENVINO_INT8 = "openvino-int8"  # ModelSpec.precision of the IR that cnm-export writes
+# Where OpenVINO keeps a model's metadata: its ONNX reader puts ONNX metadata there, and the IR that
+# cnm-export writes holds ours at the same place, so one reader serves both files.
+METADATA_PATH = ["framework", METADATA_KEY]
+PRECISIONS = ("fp32", "bf16", "int8")  # what a caller may ask for; the file decides which are possible
+INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the operations left unquantized
+CPU = "CPU"
+
+
+def is_installed() -> bool:
+    """Whether ``openvino`` can be imported, without importing it."""
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as error:
+        raise RuntimeError(MISSING) from error
+    return openvino
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO computes bf16 natively on this CPU (AVX512-BF16 or AMX), as its CPU plugin reports."""
+    return "BF16" in _openvino().Core().get_property(CPU, "OPTIMIZATION_CAPABILITIES")
+
+
+def precision_of(spec: ModelSpec) -> str:
+    """The precision a file runs at unless another is asked for: int8 for cnm-export's OpenVINO IR."""
+    return "int8" if spec.precision == OPENVINO_INT8 else spec.precision
+
+
+def _check_precision(path: Path, spec: ModelSpec, precision: str) -> None:
+    """ValueError unless this file can run at ``precision`` in OpenVINO."""
+    if spec.precision == "int8":
+        raise ValueError(f"{path} is ONNX Runtime's dynamic int8, which OpenVINO runs dequantized, slower than "
+                         "fp32: run it with --provider cpu, or export --precision openvino-int8 for OpenVINO")
+    if spec.precision not in ("fp32", OPENVINO_INT8):
+        raise ValueError(f"{path} is a {spec.precision} export (for GPUs); OpenVINO runs fp32 exports and "
+                         "openvino-int8 ones")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    own = precision_of(spec)
+    if precision == "bf16" and own == "fp32":
+        if not cpu_has_bf16():
+            raise ValueError("precision bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), and OpenVINO "
+                             "would emulate it, slower than fp32; run fp32")
+    elif precision != own:
+        how = "export the checkpoint with cnm-export --precision openvino-int8" if precision == "int8" else \
+            "run an fp32 export"
+        raise ValueError(f"{path} is a {spec.precision} export, which cannot run at {precision}: {how}")
+
+
+def read_spec(model: Any, source: str) -> ModelSpec:
+    """The ``cnm`` metadata of an OpenVINO model read from cnm-export's ONNX file or IR."""
+    check_input_names(tuple(node.get_any_name() for node in model.inputs), source)
+    metadata = {}
+    if model.has_rt_info(METADATA_PATH):
+        metadata[METADATA_KEY] = model.get_rt_info(METADATA_PATH).astype(str)
+    return ModelSpec.from_metadata(metadata, source)
+
+
+def write_spec(model: Any, spec: ModelSpec) -> None:
+    """Put ``spec`` where ``read_spec`` finds it (for an IR to be saved)."""
+    model.set_rt_info(spec.to_metadata()[METADATA_KEY], METADATA_PATH)
+
+
+class OpenVinoSession:
+    """``run(batch) -> (center, width)`` in OpenVINO on the CPU; ``run`` may be called from several threads.
+
+    ``precision``: None runs the file at its own precision (fp32 exactly, or the int8 IR); ``bf16`` asks for
+    bf16 arithmetic on an fp32 file. ``threads``: threads a stream (None: OpenVINO's THROUGHPUT hint splits
+    the default threads, one per core and at most 8, into streams itself).
+    """
+
+    device = "cpu"
+
+    def __init__(self, model_path: str | Path, precision: str | None = None, threads: int | None = None):
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"model {self.model_path} does not exist (make one with cnm-export)")
+        ov = _openvino()
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.model_path))
+        except RuntimeError as error:  # OpenVINO raises RuntimeError for files it cannot read
+            raise ValueError(f"{self.model_path}: not a model OpenVINO can read ({error})") from error
+        self.spec = read_spec(model, str(self.model_path))
+        self.precision = precision or precision_of(self.spec)
+        _check_precision(self.model_path, self.spec, self.precision)
+        total = default_threads()
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "THROUGHPUT",
+            "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[self.precision],
+            "INFERENCE_NUM_THREADS": total,
+            # OpenVINO's flush-to-zero (also inherited from a thread where ONNX Runtime set it) breaks shape
+            # arithmetic of its AVX2 kernels on this graph: a Broadcast then fails, or an infer never returns.
+            "CPU_DENORMALS_OPTIMIZATION": False,
+        }
+        if threads:
+            streams = max(1, total // threads)
+            config.update(NUM_STREAMS=streams, INFERENCE_NUM_THREADS=streams * threads)
+        self.compiled = core.compile_model(model, CPU, config)
+        streams = max(1, int(self.compiled.get_property("NUM_STREAMS")))
+        self.threads = max(1, int(self.compiled.get_property("INFERENCE_NUM_THREADS")) // streams)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        for _ in range(self.requests):
+            self._requests.put(self.compiled.create_infer_request())
+        frames = self.compiled.input("frames").get_element_type()
+        self.frames_dtype = np.dtype(np.float16 if frames == ov.Type.f16 else np.float32)
+        self.provider = f"OpenVINO CPU {self.precision}"
+
+    def default_feeders(self) -> int:
+        """None: the model keeps every core busy and a thread of this process feeds it (as on ONNX Runtime's CPU)."""
+        return 0
+
+    def default_runs(self) -> int:
+        """Batches to run at once: one per infer request of the pool (OpenVINO's optimal number)."""
+        return self.requests
+
+    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """``(center, width)`` ``[queries]`` float32 of ``batch``, on the next free infer request."""
+        inputs = {name: np.ascontiguousarray(array.astype(self.frames_dtype, copy=False) if name == "frames" else array)
+                  for name, array in batch.inputs().items()}
+        request = self._requests.get()
+        try:
+            request.infer(inputs, share_inputs=True)
+            center, width = (np.array(request.get_tensor(name).data, dtype=np.float32) for name in OUTPUT_NAMES)
+        finally:
+            self._requests.put(request)
+        return center, width
+
