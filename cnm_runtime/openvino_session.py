@@ -64,25 +64,34 @@ def precision_of(spec: ModelSpec) -> str:
     return "int8" if spec.precision == OPENVINO_INT8 else spec.precision
 
 
+def precisions_for(spec: ModelSpec) -> tuple[str, ...]:
+    """The precisions OpenVINO runs this export at on this CPU: fp32 and, where the CPU has bf16, bf16 for an
+    fp32 file; int8 for an openvino-int8 IR; none for ONNX Runtime's int8 and the GPUs' fp16 files."""
+    if spec.precision == OPENVINO_INT8:
+        return ("int8",)
+    if spec.precision == "fp32":
+        return ("fp32", "bf16") if cpu_has_bf16() else ("fp32",)
+    return ()
+
+
 def _check_precision(path: Path, spec: ModelSpec, precision: str) -> None:
-    """ValueError unless this file can run at ``precision`` in OpenVINO."""
+    """ValueError, saying why and what to do, unless OpenVINO runs this file at ``precision`` here."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision in precisions_for(spec):
+        return
     if spec.precision == "int8":
         raise ValueError(f"{path} is ONNX Runtime's dynamic int8, which OpenVINO runs dequantized, slower than "
                          "fp32: run it with --provider cpu, or export --precision openvino-int8 for OpenVINO")
     if spec.precision not in ("fp32", OPENVINO_INT8):
         raise ValueError(f"{path} is a {spec.precision} export (for GPUs); OpenVINO runs fp32 exports and "
                          "openvino-int8 ones")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    own = precision_of(spec)
-    if precision == "bf16" and own == "fp32":
-        if not cpu_has_bf16():
-            raise ValueError("precision bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), and OpenVINO "
-                             "would emulate it, slower than fp32; run fp32")
-    elif precision != own:
-        how = "export the checkpoint with cnm-export --precision openvino-int8" if precision == "int8" else \
-            "run an fp32 export"
-        raise ValueError(f"{path} is a {spec.precision} export, which cannot run at {precision}: {how}")
+    if precision == "bf16" and spec.precision == "fp32":
+        raise ValueError("precision bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), and OpenVINO "
+                         "would emulate it, slower than fp32; run fp32")
+    how = "export the checkpoint with cnm-export --precision openvino-int8" if precision == "int8" else \
+        "run an fp32 export"
+    raise ValueError(f"{path} is a {spec.precision} export, which cannot run at {precision}: {how}")
 
 
 def read_spec(model: Any, source: str) -> ModelSpec:
