@@ -23,7 +23,7 @@ from cnm_runtime.grounder import Grounder
 from cnm_runtime.result_files import JsonLines, read_back, write_json_atomic
 from cnm_runtime.queries import QueryError, count_queries
 from cnm_runtime.report import RunTally, summary_lines
-from cnm_runtime.session import FALLBACKS
+from cnm_runtime.engines import PROVIDERS, RUN_PRECISIONS
 
 log = logging.getLogger("cnm-run")
 EXIT_TOO_MANY_ERRORS = 1
@@ -61,10 +61,16 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Counts, IoU@0.1..0.9 and mIoU (queries with timestamps), speed and provider, as JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--provider", type=click.Choice(sorted(FALLBACKS)), default="auto", show_default=True,
-              help="auto tries TensorRT, then CUDA, then the CPU; a provider named here must start.")
+@click.option("--provider", type=click.Choice(PROVIDERS), default="auto", show_default=True,
+              help="auto tries TensorRT, then CUDA, then the CPU (OpenVINO where installed and faster: see "
+                   "cnm_runtime.engines); a provider named here must start. openvino: OpenVINO on the CPU "
+                   "(pip install 'cnm[openvino]').")
+@click.option("--precision", type=click.Choice(RUN_PRECISIONS), default=None,
+              help="Arithmetic: fp32 exact; bf16 on OpenVINO where the CPU has it (AVX512-BF16 or AMX; cnm-export "
+                   "--verify reports its drift). int8 is chosen at export (cnm-export --precision)  "
+                   "[default: the model's own]")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="ONNX Runtime threads a run (0: on the CPU provider 1; for a GPU, one per core, at most 8).")
+              help="Threads a run (0: on the CPU 1, OpenVINO's own split on it; for a GPU, one per core, at most 8).")
 @click.option("--runs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Batches the model runs at once (0: on the CPU, the cores (at most 8) divided by --threads; "
                    "on a GPU, 1).")
@@ -92,7 +98,7 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
 @click.option("--shard-batches", type=click.IntRange(min=1), default=64, show_default=True,
               help="With --engine ray: batches a shard, the unit of work that a rerun skips when done.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
-         metrics_path: Path | None, batch_size: int, provider: str, threads: int, runs: int, feeders: int | None,
+         metrics_path: Path | None, batch_size: int, provider: str, precision: str | None, threads: int, runs: int, feeders: int | None,
          keep_videos: int, trt_cache: Path | None, refuse_outside_links: bool, resume: bool, max_errors: int,
          engine: str, address: str | None, actors: int, shard_batches: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
@@ -105,7 +111,7 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
         job = ray_job.RayJob(model=model, features=features, queries=queries, out=output, address=address,
                              options=options, shard_batches=shard_batches, metrics=metrics_path, max_errors=max_errors)
         ray_job.run_from_cli(job, ignored={"--errors": errors_path, "--resume": resume, "--runs": runs,
-                                           "--feeders": feeders})
+                                           "--feeders": feeders, "--precision": precision})
         return
     if output.is_dir():
         raise click.UsageError(f"-o {output} is a folder; the local engine writes one file")
@@ -114,7 +120,7 @@ def main(model: Path, features: Path, queries: Path, output: Path, errors_path: 
         raise click.UsageError("--resume needs -o FILE: standard output cannot be read back")
     try:
         FeatureArchive(features).close()  # fail now, not in a feed process
-        grounder = Grounder(model, provider=provider, threads=threads or None, runs=runs or None,
+        grounder = Grounder(model, provider=provider, precision=precision, threads=threads or None, runs=runs or None,
                             batch_size=batch_size, feeders=feeders, keep_videos=keep_videos, trt_cache_dir=trt_cache,
                             follow_outside_links=not refuse_outside_links)
     except (OSError, ValueError, RuntimeError) as error:

@@ -35,7 +35,7 @@ from cnm_runtime.errors import InputError
 from cnm_runtime.feed import Done, Entry, Feed, Outcome, Prepared, PreparedQuery
 from cnm_runtime.features import Clips, to_clips
 from cnm_runtime.queries import QidKey, Query, QueryError, as_lines, qid_key
-from cnm_runtime.session import ModelSession
+from cnm_runtime.engines import Session, open_session
 from cnm_runtime.spans import spans_from_gaussian, temporal_iou
 
 # CNM predicts one window per query and no confidence; the window's score is this constant.
@@ -149,13 +149,14 @@ class Grounder:
     ``default_feeders()`` and ``run``).
     """
 
-    def __init__(self, model: str | Path | ModelSession = "model-best.onnx", *, provider: str = "auto",
-                 threads: int | None = None, runs: int | None = None, batch_size: int = 64, feeders: int | None = None,
-                 keep_videos: int = 64, trt_cache_dir: str | Path | None = None, follow_outside_links: bool = True):
+    def __init__(self, model: str | Path | Session = "model-best.onnx", *, provider: str = "auto",
+                 precision: str | None = None, threads: int | None = None, runs: int | None = None,
+                 batch_size: int = 64, feeders: int | None = None, keep_videos: int = 64,
+                 trt_cache_dir: str | Path | None = None, follow_outside_links: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.session = model if hasattr(model, "run") else ModelSession(
-            model, provider, threads, batch_size, trt_cache_dir)
+        self.session = model if hasattr(model, "run") else open_session(
+            model, provider, precision, threads, batch_size, trt_cache_dir)
         self.spec = self.session.spec
         self.vocabulary = self.spec.vocabulary()
         self.runs = runs or self.session.default_runs()
@@ -166,7 +167,7 @@ class Grounder:
 
     @property
     def provider(self) -> str:
-        """The ONNX Runtime provider that runs the model (after any fallback)."""
+        """What runs the model (after any fallback): ONNX Runtime's provider, or ``OpenVINO CPU <precision>``."""
         return self.session.provider
 
     def encode_video(self, features: np.ndarray, duration: float | None = None, name: str = "features") -> Clips:

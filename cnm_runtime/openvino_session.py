@@ -30,7 +30,9 @@ from cnm_runtime.batch import Batch
 from cnm_runtime.model_spec import METADATA_KEY, OUTPUT_NAMES, ModelSpec, check_input_names
 from cnm_runtime.session import default_threads
 
-MISSING = "--provider openvino needs the openvino package: pip install 'cnm[openvino]'"
+# One line for every way of asking for OpenVINO where it is not installed.
+MISSING = ("the openvino package is not installed (pip install 'cnm[openvino]'); it runs --provider openvino, "
+           "--precision bf16 and openvino-int8 models")
 IR_SUFFIX = ".xml"  # an OpenVINO IR: the graph; the weights are the .bin beside it
 OPENVINO_INT8 = "openvino-int8"  # ModelSpec.precision of the IR that cnm-export writes
 # Where OpenVINO keeps a model's metadata: its ONNX reader puts ONNX metadata there, and the IR that
@@ -91,7 +93,7 @@ def _check_precision(path: Path, spec: ModelSpec, precision: str) -> None:
                          "would emulate it, slower than fp32; run fp32")
     how = "export the checkpoint with cnm-export --precision openvino-int8" if precision == "int8" else \
         "run an fp32 export"
-    raise ValueError(f"{path} is a {spec.precision} export, which cannot run at {precision}: {how}")
+    raise ValueError(f"{path} was exported at {spec.precision} and cannot run at {precision}: {how}")
 
 
 def read_spec(model: Any, source: str) -> ModelSpec:
