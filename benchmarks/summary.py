@@ -105,9 +105,9 @@ def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, f
         _target("int8 mIoU within 1 point of fp32 (ONNX Runtime)", metric_change("ort-int8", "mIoU"), 0.01,
                 at_least=False),
         e2e,
-        *cpu_engine_targets(engines, engine_ends or {}, batch, videos_shared),
         *feed_targets(feed),
         *gpu_targets(engines, end_to_end),
+        *cpu_engine_targets(engines, engine_ends or {}, batch, videos_shared),
     ]
 
 
@@ -120,7 +120,7 @@ def cpu_engine_targets(engines: dict[str, dict], engine_ends: dict[str, dict], b
         speed = engines.get(name, {}).get("speed", {}).get(str(batch))
         return speed["queries_per_s"]["median"] if speed else None
 
-    cpu = [name for name, engine in engines.items() if engine["device"] == "cpu" and qps(name) is not None]
+    cpu = [name for name, engine in engines.items() if engine.get("device") == "cpu" and qps(name) is not None]
     close = [name for name in cpu if (metric_cost(engines, name) or 0.0) <= INT8_COST]
     best = max(close, key=qps, default=None)
     label = engines[best]["label"] if best else "none ran"
