@@ -155,6 +155,9 @@ class OpenVinoSession:
         frames = self.compiled.input("frames").get_element_type()
         self.frames_dtype = np.dtype(np.float16 if frames == ov.Type.f16 else np.float32)
         self.provider = f"OpenVINO CPU {self.precision}"
+        # One batch in this thread first: OpenVINO's Python binding sets up its numpy conversions on first use,
+        # and two threads doing that at once can deadlock (each holds what the other waits for).
+        self.run(self._smallest_batch())
 
     def default_feeders(self) -> int:
         """None: the model keeps every core busy and a thread of this process feeds it (as on ONNX Runtime's CPU)."""
@@ -163,6 +166,13 @@ class OpenVinoSession:
     def default_runs(self) -> int:
         """Batches to run at once: one per infer request of the pool (OpenVINO's optimal number)."""
         return self.requests
+
+    def _smallest_batch(self) -> Batch:
+        """One query of one word over one video of zeros."""
+        word_ids = np.zeros((1, self.spec.word_slots), np.int64)
+        word_ids[0, 1] = 1
+        return Batch(np.zeros((1, self.spec.max_num_frames, self.spec.frame_dim), self.frames_dtype),
+                     np.zeros(1, np.int64), word_ids, np.ones(1, np.int64))
 
     def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """``(center, width)`` ``[queries]`` float32 of ``batch``, on the next free infer request."""
