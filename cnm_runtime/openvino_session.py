@@ -78,16 +78,16 @@ def precisions_for(spec: ModelSpec) -> tuple[str, ...]:
 
 def _check_precision(path: Path, spec: ModelSpec, precision: str) -> None:
     """ValueError, saying why and what to do, unless OpenVINO runs this file at ``precision`` here."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision in precisions_for(spec):
-        return
     if spec.precision == "int8":
         raise ValueError(f"{path} is ONNX Runtime's dynamic int8, which OpenVINO runs dequantized, slower than "
                          "fp32: run it with --provider cpu, or export --precision openvino-int8 for OpenVINO")
     if spec.precision not in ("fp32", OPENVINO_INT8):
         raise ValueError(f"{path} is a {spec.precision} export (for GPUs); OpenVINO runs fp32 exports and "
                          "openvino-int8 ones")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision in precisions_for(spec):
+        return
     if precision == "bf16" and spec.precision == "fp32":
         raise ValueError("precision bf16: this CPU has no bf16 arithmetic (AVX512-BF16 or AMX), and OpenVINO "
                          "would emulate it, slower than fp32; run fp32")
@@ -138,8 +138,8 @@ class OpenVinoSession:
             "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[self.precision],
             "INFERENCE_NUM_THREADS": total,
-            # OpenVINO's flush-to-zero (also inherited from a thread where ONNX Runtime set it) breaks shape
-            # arithmetic of its AVX2 kernels on this graph: a Broadcast then fails, or an infer never returns.
+            # Flush-to-zero, OpenVINO's own or inherited from a thread where ONNX Runtime set it, breaks the shape
+            # arithmetic of OpenVINO's AVX2 code paths on this graph: a Broadcast fails, or an infer never returns.
             "CPU_DENORMALS_OPTIMIZATION": False,
         }
         if threads:
@@ -152,15 +152,15 @@ class OpenVinoSession:
         self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         for _ in range(self.requests):
             self._requests.put(self.compiled.create_infer_request())
-        frames = self.compiled.input("frames").get_element_type()
-        self.frames_dtype = np.dtype(np.float16 if frames == ov.Type.f16 else np.float32)
+        self.frames_dtype = np.dtype(np.float32)  # fp16 exports, the only ones taking half frames, are refused
         self.provider = f"OpenVINO CPU {self.precision}"
         # One batch in this thread first: OpenVINO's Python binding sets up its numpy conversions on first use,
         # and two threads doing that at once can deadlock (each holds what the other waits for).
         self.run(self._smallest_batch())
 
     def default_feeders(self) -> int:
-        """None: the model keeps every core busy and a thread of this process feeds it (as on ONNX Runtime's CPU)."""
+        """No feed processes: the model keeps every core busy and a thread of this process feeds it (as on ONNX
+        Runtime's CPU provider)."""
         return 0
 
     def default_runs(self) -> int:
@@ -175,8 +175,9 @@ class OpenVinoSession:
                      np.zeros(1, np.int64), word_ids, np.ones(1, np.int64))
 
     def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """``(center, width)`` ``[queries]`` float32 of ``batch``, on the next free infer request."""
-        inputs = {name: np.ascontiguousarray(array.astype(self.frames_dtype, copy=False) if name == "frames" else array)
+        """``(center, width)`` ``[queries]`` float32 of ``batch`` (its frames cast to float32 if they are not),
+        on the next free infer request."""
+        inputs = {name: np.ascontiguousarray(array, self.frames_dtype if name == "frames" else None)
                   for name, array in batch.inputs().items()}
         request = self._requests.get()
         try:

@@ -193,6 +193,26 @@ def test_export_cli_names_the_int8_file_for_openvino_and_refuses_a_mismatch(expo
     assert not (tmp_path / "model.onnx").exists()
 
 
+AFTER_ONNX_RUNTIME = """
+import sys, numpy as np
+from cnm_export.verify import random_batch
+from cnm_runtime.openvino_session import OpenVinoSession
+from cnm_runtime.session import ModelSession
+reference = ModelSession(sys.argv[1], "cpu")  # ONNX Runtime sets flush-to-zero on this thread
+session = OpenVinoSession(sys.argv[1])
+batch = random_batch(session.spec, 16, np.random.default_rng(0))
+print(max(float(np.abs(a - b).max()) for a, b in zip(session.run(batch), reference.run(batch))))
+"""
+
+
+def test_openvinos_avx2_code_paths_run_after_onnx_runtime_set_flush_to_zero(exported):
+    """oneDNN's ISA cap makes OpenVINO take the code paths of a CPU without AVX-512 on any x86 CPU."""
+    result = subprocess.run([sys.executable, "-c", AFTER_ONNX_RUNTIME, str(exported["folder"] / "fp32.onnx")],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout) <= TOLERANCE["fp32"]
+
+
 # Runs cnm-run or cnm-export in a process where openvino (and nncf) cannot be imported.
 WITHOUT_OPENVINO = "import sys; sys.modules['openvino'] = sys.modules['nncf'] = None; from {module} import main; main()"
 
