@@ -30,7 +30,7 @@ from cnm_runtime.queries import QueryError, read_lines
 log = logging.getLogger(__name__)
 
 MISSING = "--precision openvino-int8 needs openvino and nncf: pip install 'cnm[openvino-int8]'"
-CALIBRATION_QUERIES = 512  # NNCF's statistics settle well before this; more only slows the export
+CALIBRATION_QUERIES = 512  # spread over the training split, CALIBRATION_BATCH queries a sample
 CALIBRATION_BATCH = 16  # queries a calibration batch (one NNCF sample)
 
 

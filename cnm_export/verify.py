@@ -25,6 +25,7 @@ from cnm_runtime.feed import BatchMaker
 from cnm_runtime.model_spec import ModelSpec
 from cnm_runtime.queries import Query, QueryError, read_lines
 from cnm_runtime import openvino_session
+from cnm_runtime.engines import Session
 from cnm_runtime.session import ModelSession
 from cnm_runtime.spans import HEADLINE_METRICS, grounding_metrics, spans_from_gaussian, temporal_iou
 from cnm_runtime.text import EncodedQuery, pad_word_ids
@@ -32,7 +33,6 @@ from cnm_train.model import CNM
 
 log = logging.getLogger(__name__)
 
-Session = ModelSession | openvino_session.OpenVinoSession
 TOLERANCE = {"fp32": 1e-5}  # max |d center| and |d width|; fp16 and int8 are reported, not judged
 RANDOM_BATCHES = (1, 7, 64)
 CHUNK = 64  # queries per forward pass on the labelled set

@@ -70,10 +70,11 @@ def _resume(output: Path, tally: RunTally) -> list[str | int]:
                    "--verify reports its drift). int8 is chosen at export (cnm-export --precision)  "
                    "[default: the model's own]")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Threads a run (0: on the CPU 1, OpenVINO's own split on it; for a GPU, one per core, at most 8).")
+              help="Threads a run (0: on ONNX Runtime's CPU provider 1; on OpenVINO, its THROUGHPUT hint's split "
+                   "of the cores into streams; for a GPU, one per core, at most 8).")
 @click.option("--runs", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Batches the model runs at once (0: on the CPU, the cores (at most 8) divided by --threads; "
-                   "on a GPU, 1).")
+              help="Batches the model runs at once (0: on ONNX Runtime's CPU provider, the cores (at most 8) divided "
+                   "by --threads; on OpenVINO, its infer requests, one a stream; on a GPU, 1).")
 @click.option("--feeders", type=click.IntRange(min=0), default=None,
               help="Processes that read, resample, tokenize and stack batches (0: a thread of this process) "
                    "[default: 0 on the CPU provider; on a GPU, one a core but one].")
