@@ -11,9 +11,10 @@
 
 The driver reads and parses the queries file once (``shards.plan_shards``: duplicate qids are found
 over the whole file there) and puts each shard's parsed queries in Ray's object store: one row per shard.
-Each actor holds one ``ModelSession`` and one ``BatchMaker`` (which opens the archive in the actor: h5py
+Each actor holds one model session (``cnm_runtime.engines.open_session``: the engine a local run picks) and
+one ``BatchMaker`` (which opens the archive in the actor: h5py
 handles do not pickle) and grounds a shard the way the local run grounds a file, chunk by chunk:
-``BatchMaker.prepare``, ``ModelSession.run``, ``grounder.chunk_results``. The model and the archive must
+``BatchMaker.prepare``, the session's ``run``, ``grounder.chunk_results``. The model and the archive must
 be at the same path on every node (shared storage); the queries travel through the object store.
 
 ray is imported inside the functions, so that this module imports without it.
@@ -30,7 +31,7 @@ import numpy as np
 from cnm_runtime.feed import BatchMaker
 from cnm_runtime.grounder import Prediction, chunk_results
 from cnm_runtime.queries import QueryError
-from cnm_runtime.session import ModelSession
+from cnm_runtime.engines import open_session
 from cnm_runtime.shards import Shard, plan_shards
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ class ShardGrounder:
     """The callable class of ``map_batches``: made once in each actor, then called with rows of shards."""
 
     def __init__(self, model: str, archive: str, options: RayOptions):
-        self.session = ModelSession(model, options.provider, threads=options.threads, max_batch=options.batch_size,
+        # the engine a local run picks, so that both give the same records; an actor runs one batch at a time,
+        # so on OpenVINO one stream of ``threads`` threads works at once
+        self.session = open_session(model, options.provider, threads=options.threads, max_batch=options.batch_size,
                                     trt_cache_dir=options.trt_cache)
         spec = self.session.spec
         self.maker = BatchMaker(archive, spec, options.keep_videos)

@@ -25,7 +25,8 @@ from cnm_runtime.distributed import RayOptions, ground_dataset, shard_row, shard
 from cnm_runtime.queries import QueryError, count_queries
 from cnm_runtime.report import RunTally, summary_lines
 from cnm_runtime.result_files import write_json_atomic
-from cnm_runtime.session import ModelSession
+from cnm_runtime.engines import open_session
+from cnm_runtime.openvino_session import IR_SUFFIX
 from cnm_runtime.shard_files import METRICS, ShardFiles
 from cnm_runtime.shards import file_digest, plan_shards
 
@@ -57,7 +58,8 @@ def run(job: RayJob) -> dict:
     import ray
     import ray.data
 
-    ModelSession(job.model, "cpu")  # a missing or broken model fails here, not in every actor
+    # a missing or broken model fails here, not in every actor (on the CPU: the driver takes no GPU)
+    open_session(job.model, "auto" if Path(job.model).suffix == IR_SUFFIX else "cpu")
     FeatureArchive(job.features).close()
     shards = math.ceil(count_queries(job.queries) / job.shard_size)
     files = ShardFiles(job.out, shards)
