@@ -24,6 +24,7 @@ from pathlib import Path
 from cnm_runtime.batch import Batch
 from cnm_runtime.feed import BatchMaker
 from cnm_runtime.model_spec import ModelSpec
+from cnm_runtime import openvino_session
 from cnm_runtime.openvino_session import IR_SUFFIX, write_spec
 from cnm_runtime.queries import QueryError, read_lines
 
@@ -112,11 +113,18 @@ def write_quantized(fp32_onnx: Path, spec: ModelSpec, calibration: Calibration, 
     ``spec``; the .xml, which names the .bin, appears last."""
     nncf, ov = _nncf()
     batches = calibration_batches(calibration, spec)
-    model = ov.Core().read_model(str(fp32_onnx))
-    nncf.set_log_level(logging.ERROR)  # its notices would land on standard output
-    with contextlib.redirect_stdout(sys.stderr):  # and its progress bars too
-        quantized = nncf.quantize(model, nncf.Dataset([batch.inputs() for batch in batches]),
-                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+    model = openvino_session.core().read_model(str(fp32_onnx))
+    # NNCF logs its notices to standard output, where our results go: only its errors are let through, and
+    # only while it runs (its own set_log_level would also change handlers that others attached to its logger)
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # its progress bars
+            quantized = nncf.quantize(model, nncf.Dataset([batch.inputs() for batch in batches]),
+                                      model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+    finally:
+        nncf_log.setLevel(level)
     write_spec(quantized, spec)
     staged = fp32_onnx.with_name("quantized" + IR_SUFFIX)
     ov.save_model(quantized, str(staged), compress_to_fp16=False)  # fp16 storage would round the fp32 weights

@@ -19,6 +19,7 @@ requests and ``run`` takes one from it: ``default_runs()`` batches at once keep 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import queue
 from pathlib import Path
@@ -56,9 +57,17 @@ def _openvino() -> Any:
     return openvino
 
 
+@functools.cache
+def core() -> Any:
+    """The process's one ``openvino.Core``, kept to the end. Each Core's CPU plugin installs a signal stack on
+    the thread that makes it and puts the previous one back when it goes; Cores that go in another order than
+    they came leave a freed stack installed, and the next signal (a child process ending, Ctrl-C) crashes."""
+    return _openvino().Core()
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO computes bf16 natively on this CPU (AVX512-BF16 or AMX), as its CPU plugin reports."""
-    return "BF16" in _openvino().Core().get_property(CPU, "OPTIMIZATION_CAPABILITIES")
+    return "BF16" in core().get_property(CPU, "OPTIMIZATION_CAPABILITIES")
 
 
 def precision_of(spec: ModelSpec) -> str:
@@ -124,10 +133,8 @@ class OpenVinoSession:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model {self.model_path} does not exist (make one with cnm-export)")
-        ov = _openvino()
-        core = ov.Core()
         try:
-            model = core.read_model(str(self.model_path))
+            model = core().read_model(str(self.model_path))
         except RuntimeError as error:  # OpenVINO raises RuntimeError for files it cannot read
             raise ValueError(f"{self.model_path}: not a model OpenVINO can read ({error})") from error
         self.spec = read_spec(model, str(self.model_path))
@@ -145,7 +152,7 @@ class OpenVinoSession:
         if threads:
             streams = max(1, total // threads)
             config.update(NUM_STREAMS=streams, INFERENCE_NUM_THREADS=streams * threads)
-        self.compiled = core.compile_model(model, CPU, config)
+        self.compiled = core().compile_model(model, CPU, config)
         streams = max(1, int(self.compiled.get_property("NUM_STREAMS")))
         self.threads = max(1, int(self.compiled.get_property("INFERENCE_NUM_THREADS")) // streams)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()

@@ -213,6 +213,25 @@ def test_openvinos_avx2_code_paths_run_after_onnx_runtime_set_flush_to_zero(expo
     assert float(result.stdout) <= TOLERANCE["fp32"]
 
 
+SIGNAL_AFTER_VERIFY = """
+import os, signal, sys
+from cnm_export.export import load_source
+from cnm_export.verify import verify_engines
+source = load_source(sys.argv[1])
+verify_engines(sys.argv[2], source.model, source.word_vectors)  # sessions, and Cores, made and dropped
+signal.signal(signal.SIGCHLD, lambda *_: print("handled"))
+os.kill(os.getpid(), signal.SIGCHLD)
+"""
+
+
+def test_a_signal_after_every_engine_ran_is_handled(exported):
+    """OpenVINO's CPU plugin swaps the thread's signal stack as Cores come and go; a stale one crashed the next
+    signal (pytest died in a later test, when a DataLoader's worker process ended)."""
+    result = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_VERIFY, str(exported["source"].checkpoint),
+                             str(exported["folder"] / "fp32.onnx")], capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stdout.strip()) == (0, "handled"), result.stderr[-2000:]
+
+
 # Runs cnm-run or cnm-export in a process where openvino (and nncf) cannot be imported.
 WITHOUT_OPENVINO = "import sys; sys.modules['openvino'] = sys.modules['nncf'] = None; from {module} import main; main()"
 
