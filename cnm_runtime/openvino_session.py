@@ -133,8 +133,9 @@ class OpenVinoSession:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"model {self.model_path} does not exist (make one with cnm-export)")
+        openvino = core()  # before the try: its RuntimeError says that openvino is missing
         try:
-            model = core().read_model(str(self.model_path))
+            model = openvino.read_model(str(self.model_path))
         except RuntimeError as error:  # OpenVINO raises RuntimeError for files it cannot read
             raise ValueError(f"{self.model_path}: not a model OpenVINO can read ({error})") from error
         self.spec = read_spec(model, str(self.model_path))
@@ -152,7 +153,7 @@ class OpenVinoSession:
         if threads:
             streams = max(1, total // threads)
             config.update(NUM_STREAMS=streams, INFERENCE_NUM_THREADS=streams * threads)
-        self.compiled = core().compile_model(model, CPU, config)
+        self.compiled = openvino.compile_model(model, CPU, config)
         streams = max(1, int(self.compiled.get_property("NUM_STREAMS")))
         self.threads = max(1, int(self.compiled.get_property("INFERENCE_NUM_THREADS")) // streams)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
