@@ -64,10 +64,11 @@ def training_directory(config: dict, checkpoint: Path) -> Path | None:
     return Path(*folder.parts[: -len(saved.parts)])
 
 
-def resolve_dataset_file(config: dict, key: str, given: str | Path | None, checkpoint: Path, option: str) -> Path:
+def resolve_dataset_file(config: dict, key: str, given: str | Path | None, checkpoint: Path, option: str,
+                         what: str) -> Path:
     """``given`` if not None, else the config's ``dataset.KEY``, relative to the current directory or, as paths
     in a config are, to the directory training ran in (so ``cnm-export model-best.pt`` works from the
-    checkpoint's own folder); FileNotFoundError naming ``option`` (how to give it) when neither has it."""
+    checkpoint's own folder); FileNotFoundError naming ``option``, the way to give ``what``, when neither has it."""
     if given is not None:
         return Path(given)
     default = config["dataset"].get(key)
@@ -75,13 +76,13 @@ def resolve_dataset_file(config: dict, key: str, given: str | Path | None, check
     for base in (Path.cwd(), trained_in):
         if default and base is not None and (base / default).is_file():
             return base / default
-    raise FileNotFoundError(f"no {option.split()[0]} given and the checkpoint's dataset.{key} {default!r} exists "
-                            f"neither here nor where training ran; pass {option}")
+    raise FileNotFoundError(f"no {option} given and the checkpoint's dataset.{key} {default!r} exists neither here "
+                            f"nor where training ran; pass {option}, {what}")
 
 
 def resolve_vocab(config: dict, vocab: str | Path | None, checkpoint: Path) -> Path:
     """The glove.pkl of training: ``vocab``, else the config's ``dataset.vocab_path`` (``resolve_dataset_file``)."""
-    return resolve_dataset_file(config, "vocab_path", vocab, checkpoint, "--vocab, the glove.pkl the model was trained with")
+    return resolve_dataset_file(config, "vocab_path", vocab, checkpoint, "--vocab", "the glove.pkl the model was trained with")
 
 
 def load_source(checkpoint: str | Path, vocab: str | Path | None = None) -> ExportSource:

@@ -67,8 +67,8 @@ def training_split(source, queries: Path | None = None, features: Path | None = 
     config, checkpoint = source.config, source.checkpoint
     return Calibration(
         resolve_dataset_file(config, "feature_path", features, checkpoint,
-                             "--calibration-features, the archive of the training videos"),
-        resolve_dataset_file(config, "train_data", queries, checkpoint, "--calibration-queries, a training split"))
+                             "--calibration-features", "the archive of the training videos"),
+        resolve_dataset_file(config, "train_data", queries, checkpoint, "--calibration-queries", "a training split"))
 
 
 def refuse_test_split(calibration: Calibration, config: dict, checkpoint: Path) -> None:
@@ -76,7 +76,7 @@ def refuse_test_split(calibration: Calibration, config: dict, checkpoint: Path) 
     from cnm_export.export import resolve_dataset_file
 
     try:
-        test = resolve_dataset_file(config, "test_data", None, checkpoint, "the test split")
+        test = resolve_dataset_file(config, "test_data", None, checkpoint, "", "the test split")
     except FileNotFoundError:
         return
     if os.path.samefile(test, calibration.queries):

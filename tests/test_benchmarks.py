@@ -43,10 +43,11 @@ def tiny_run(tmp_path_factory):
     out = folder / "results"
     result = CliRunner().invoke(run.main, [
         "--checkpoint", str(checkpoint), "--vocab", str(data.glove), "--features", str(data.archive),
-        "--queries", str(queries), "--calibration-queries", str(data.train), "--quick", "--out-dir", str(out),
+        "--queries", str(queries), "--calibration-queries", str(data.train), "--calibration-features", str(data.archive),
+        "--quick", "--out-dir", str(out),
     ])
     assert result.exit_code == 0, result.output
-    return result.output, out
+    return result.stdout, out  # what it printed; its progress and logs go to standard error
 
 
 def test_quick_run_writes_json_markdown_and_plot(tiny_run):
