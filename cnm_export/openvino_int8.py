@@ -1,10 +1,11 @@
 """``--precision openvino-int8``: NNCF post-training quantization of the fp32 graph, for OpenVINO.
 
 Each engine needs an int8 file of its own: OpenVINO runs ONNX Runtime's dynamic-int8 file with its weights
-dequantized, and ONNX Runtime runs the static quantize/dequantize graph that NNCF writes as ONNX unfused;
-both are slower than fp32 (``benchmarks/README.md``). NNCF's OpenVINO backend quantizes the model OpenVINO
-read from the fp32 ONNX file, and the result is saved as an OpenVINO IR: ``.xml`` (the graph and the ``cnm``
-metadata) and ``.bin`` (the weights, the unquantized ones kept in fp32).
+dequantized, and ONNX Runtime runs the static quantize/dequantize graph that NNCF writes as ONNX without
+fusing it, each slower than its own fp32; and OpenVINO itself runs that ONNX graph slower than the IR that
+NNCF's OpenVINO backend writes. So the model OpenVINO reads from the fp32 ONNX file is quantized by that
+backend and saved as an OpenVINO IR: ``.xml`` (the graph and the ``cnm`` metadata) and ``.bin`` (the
+weights, the unquantized ones kept in fp32).
 
 Static quantization fixes each activation's scale from calibration data: queries of the TRAINING split (by
 default the checkpoint config's ``dataset.train_data`` over its ``dataset.feature_path``), spread evenly
