@@ -32,10 +32,10 @@ def cnm_run_executable() -> str:
 
 
 def run_cnm_run(model: Path, features: Path, queries: Path, batch_size: int, runs: int, workdir: Path,
-                provider: str = "cpu", feeders: int = 0) -> EndToEnd:
-    """Ground every query of ``queries`` with cnm-run on ``provider``, ``runs`` batches at once (on the CPU
-    of one thread each: its defaults on that many cores) and ``feeders`` feed processes; RuntimeError if
-    it fails.
+                provider: str = "cpu", feeders: int = 0, precision: str | None = None) -> EndToEnd:
+    """Ground every query of ``queries`` with cnm-run on ``provider`` at ``precision`` (None: the model's),
+    ``runs`` batches at once (0: cnm-run's default; on ONNX Runtime's CPU provider of one thread each: its
+    defaults on that many cores) and ``feeders`` feed processes; RuntimeError if it fails.
 
     The benchmark's queries file repeats a small labelled set, so cnm-run keeps only the last video: each
     copy reads its videos again, as a real run reads each video once for the queries that come together.
@@ -44,8 +44,9 @@ def run_cnm_run(model: Path, features: Path, queries: Path, batch_size: int, run
     command = [
         cnm_run_executable(), "--model", str(model), "--features", str(features), "--queries", str(queries),
         "-o", str(workdir / "cnm-run-predictions.jsonl"), "--metrics", str(metrics_path),
-        "--batch-size", str(batch_size), "--provider", provider, "--runs", str(runs), "--feeders", str(feeders),
-        "--keep-videos", "1", *(["--threads", "1"] if provider == "cpu" else []),
+        "--batch-size", str(batch_size), "--provider", provider, "--feeders", str(feeders),
+        "--keep-videos", "1", *(["--runs", str(runs)] if runs else []), *(["--threads", "1"] if provider == "cpu" else []),
+        *(["--precision", precision] if precision else []),
     ]
     started = time.perf_counter()
     with open(log_path, "w") as log:

@@ -42,7 +42,8 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"{inputs['queries_skipped']} skipped), "
         f"{settings['rounds']} rounds, {settings['threads']} threads for every engine "
         f"(PyTorch with OMP_WAIT_POLICY={settings['torch_omp_wait_policy']}; \"side by side\": "
-        f"{settings['threads']} batches at once on one thread each, as cnm-run runs on the CPU); "
+        f"{settings['threads']} batches at once on one thread each, as cnm-run runs on the CPU; OpenVINO: its "
+        f"THROUGHPUT hint's streams, as many batches at once as infer requests); "
         f"measured fp32 matrix-multiply rate {_number(machine['sgemm_gflops'])} GFLOP/s (numpy, "
         f"{machine['sgemm_size']}^3)" + (
             f"; 1-minute load average {_number(load[0], 2)} before, {_number(load[1], 2)} after "
@@ -112,6 +113,27 @@ def _end_to_end_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _engine_end_to_end_table(results: dict[str, Any]) -> list[str]:
+    ends = results.get("end_to_end_by_engine")
+    if not ends:
+        return []
+    rows = []
+    for name, end in ends.items():
+        label = results["engines"][name]["label"]
+        if "error" in end:
+            rows.append([label, "-", f"not run: {end['error']}", "", "", ""])
+            continue
+        rows.append([label, end["provider"], _qps(end["queries_per_s"]), _number(end["model_only_queries_per_s"]),
+                     _times(end["ratio"]), _number(end["peak_rss_mb"], 0)])
+    batch = next((end["batch_size"] for end in ends.values() if "batch_size" in end), "-")
+    return [f"### End to end on other engines: cnm-run --provider openvino, batch {batch}, its defaults", "",
+            *markdown_table(["engine", "cnm-run reports", "cnm-run queries/s median (min-max)", "model-only",
+                             "ratio", "peak RSS (MB)"], rows, "llrrrr"),
+            "", "cnm-run through its public command line with the engine's own defaults (OpenVINO's THROUGHPUT "
+            "streams, a batch in flight per infer request), set against the same engine alone at the same batch "
+            "size: what reading, resampling and tokenizing leave of its speed."]
+
+
 def _feed_table(results: dict[str, Any]) -> list[str]:
     feed = results.get("feed_only")
     if feed is None:
@@ -127,21 +149,28 @@ def _feed_table(results: dict[str, Any]) -> list[str]:
             "can get end to end. The clock starts at the first result; start-up is the time to it."]
 
 
+COST_METRICS = ("IoU@0.5", "mIoU")  # the changes from fp32 that the accuracy table shows
+
+
 def _accuracy_table(results: dict[str, Any]) -> list[str]:
     rows = []
+    fp32 = results["engines"][REFERENCE].get("accuracy")
     for engine in results["engines"].values():
         if "accuracy" not in engine:
             continue
         figures = engine["accuracy"]
         rows.append([engine["label"], *(f"{100 * figures[name]:.2f}" for name in HEADLINE_METRICS),
+                     *("-" if not fp32 else f"{100 * (figures[name] - fp32[name]):+.2f}" for name in COST_METRICS),
                      *("-" if figures[key] is None else f"{figures[key]:.1e}"
                        for key in ("max_abs_d_center", "max_abs_d_width")),
                      *(_number(engine[key] / 1e9, 3) for key in ("flops_per_query", "flops_per_video"))])
     return [f"### Accuracy on the {results['inputs']['queries_used']} labelled queries", "", *markdown_table(
-        ["engine", *HEADLINE_METRICS, "max abs d center", "max abs d width", "GFLOPs per query", "of which per video"],
-        rows, "l" + "r" * (len(HEADLINE_METRICS) + 4)),
-        "", "IoU in percent; differences against PyTorch eager fp32. GFLOPs per query: a query whose video "
-        "no other query of its batch reads; the part per video is spent once per video of a batch."]
+        ["engine", *HEADLINE_METRICS, *(f"d {name}" for name in COST_METRICS), "max abs d center", "max abs d width",
+         "GFLOPs per query", "of which per video"],
+        rows, "l" + "r" * (len(HEADLINE_METRICS) + len(COST_METRICS) + 4)),
+        "", "IoU in percent; differences (d: points of IoU, and outputs) against PyTorch eager fp32. GFLOPs per "
+        "query: a query whose video no other query of its batch reads; the part per video is spent once per video "
+        "of a batch."]
 
 
 def _targets(results: dict[str, Any]) -> list[str]:
@@ -154,6 +183,6 @@ def _targets(results: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    sections = [_header(results), _speed_table(results), _end_to_end_table(results), _feed_table(results),
-                _accuracy_table(results), _targets(results)]
+    sections = [_header(results), _speed_table(results), _end_to_end_table(results),
+                _engine_end_to_end_table(results), _feed_table(results), _accuracy_table(results), _targets(results)]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"

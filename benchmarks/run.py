@@ -1,10 +1,12 @@
 """``python -m benchmarks.run``: speed and accuracy of every engine side by side, on the machine at hand.
 
 For one checkpoint and one archive with labelled queries it measures
-1. model-only queries/s and latency per batch at each batch size, for PyTorch eager and ONNX Runtime
-   fp32 and int8 on the CPU and, where a GPU is present, PyTorch CUDA fp32 and fp16, ONNX Runtime
-   CUDA fp16 and ONNX Runtime TensorRT fp16, and the fastest engine at each batch size;
-2. cnm-run end to end on the archive at the reference batch size, and its peak RSS;
+1. model-only queries/s and latency per batch at each batch size, for PyTorch eager and torch.compile
+   (fp32, and bf16 autocast), ONNX Runtime fp32 and int8, and OpenVINO fp32, bf16 and int8 on the CPU
+   and, where a GPU is present, PyTorch CUDA fp32 and fp16, ONNX Runtime CUDA fp16 and ONNX Runtime
+   TensorRT fp16, and the fastest engine at each batch size;
+2. cnm-run end to end on the archive at the reference batch size (on ONNX Runtime, and on each OpenVINO
+   engine, through the public CLI), and its peak RSS;
 3. IoU@0.3/0.5/0.7 and mIoU of every engine on the same queries, and its largest output differences
    from PyTorch fp32;
 4. the machine: CPU, cores, the measured fp32 matrix-multiply rate (the ceiling), FLOPs per query of
@@ -19,6 +21,7 @@ Results go to ``<out-dir>/<machine>-<date>.json``, ``.md`` (the tables, also pri
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -30,7 +33,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import click
 import numpy as np
@@ -47,13 +50,13 @@ from benchmarks.plot import plot_throughput
 from benchmarks.report import markdown
 from benchmarks.summary import accuracy_figures, check_targets, fastest, ratio, speed_figures, spread
 from benchmarks.worker import Worker
-from cnm_export.export import unpruned_flops
-from cnm_export.export import DEFAULT_OPSET, export_model, load_source
+from cnm_export import openvino_int8
+from cnm_export.export import DEFAULT_OPSET, export_model, load_source, unpruned_flops
 from cnm_export.flops import Flops, graph_flops
-from cnm_runtime.cores import available_cores
+from cnm_runtime.cores import available_cores, default_threads
 from cnm_runtime.model_spec import ModelSpec
+from cnm_runtime.openvino_session import OPENVINO_INT8
 from cnm_runtime.run_files import write_json_atomic
-from cnm_runtime.session import default_threads
 
 log = logging.getLogger("benchmarks")
 
@@ -98,46 +101,63 @@ class Inputs:
     vocab: Path | None  # None: the checkpoint config's vocab_path
     features: Path
     queries: Path
+    calibration_queries: Path | None = None  # OpenVINO int8's training split; None: the checkpoint config's
+    calibration_features: Path | None = None
 
 
 @dataclass(frozen=True)
 class Models:
-    paths: dict[str, Path]  # precision -> exported ONNX file
+    paths: dict[str, Path]  # precision -> exported file
     flops: dict[str, Flops]  # what an engine loads (checkpoint or precision) -> its FLOPs
     spec: ModelSpec
     shape: dict[str, int]  # the network's size, so a results table can say which model ran
+    errors: dict[str, str]  # precision -> why it could not be exported (its engines do not run)
 
 
 def resolve_inputs(checkpoint: Path | None, vocab: Path | None, features: Path | None,
-                   queries: Path | None) -> Inputs:
+                   queries: Path | None, calibration: tuple[Path | None, Path | None] = (None, None)) -> Inputs:
     """The given files; without --checkpoint, the demo's files stand in for those not given."""
     given = {"checkpoint": checkpoint, "vocab": vocab, "features": features, "queries": queries}
     if checkpoint is not None:
         if features is None or queries is None:
             raise click.UsageError("--checkpoint needs --features and --queries (labelled queries)")
-        return Inputs(**given)
+        return Inputs(**given, calibration_queries=calibration[0], calibration_features=calibration[1])
     paths = {name: given[name] or DEMO_DIR / relative for name, relative in DEMO_FILES.items()}
     for path in paths.values():
         if not path.exists():
             raise click.UsageError(
                 f"no --checkpoint given and the demo's {path} does not exist: make the demo with "
                 f"`cnm-demo --out {DEMO_DIR}`, or pass --checkpoint, --features and --queries (and --vocab)")
-    return Inputs(**paths)
+    return Inputs(**paths, calibration_queries=calibration[0], calibration_features=calibration[1])
 
 
 def export_models(inputs: Inputs, precisions: list[str], workdir: Path) -> Models:
-    """The checkpoint exported at each precision as cnm-export writes it, and every graph's FLOPs per query."""
+    """The checkpoint exported at each precision as cnm-export writes it, and every graph's FLOPs per query.
+
+    openvino-int8 calibrates on the training split (``--calibration-queries``, else the checkpoint config's);
+    where there is none, its engine does not run and the rest go on."""
     source = load_source(inputs.checkpoint, inputs.vocab)
-    paths, specs = {}, {}
+    paths, specs, errors = {}, {}, {}
     for precision in precisions:
-        paths[precision] = workdir / f"{precision}.onnx"
-        specs[precision] = export_model(source, paths[precision], precision)
-    flops = {precision: graph_flops(path) for precision, path in paths.items()}
+        paths[precision] = workdir / (f"{precision}.xml" if precision == OPENVINO_INT8 else f"{precision}.onnx")
+        try:
+            calibration = openvino_int8.training_split(source, inputs.calibration_queries,
+                                                       inputs.calibration_features) if precision == OPENVINO_INT8 else None
+            specs[precision] = export_model(source, paths[precision], precision, calibration=calibration)
+        except (OSError, ValueError, RuntimeError) as error:
+            if precision != OPENVINO_INT8:
+                raise
+            errors[precision] = f"{type(error).__name__}: {error}"
+            log.warning("%s not exported: %s", precision, error)
+            del paths[precision]
+    # an IR's FLOPs are its fp32 graph's (the same products, quantized)
+    flops = {precision: graph_flops(paths["fp32" if precision == OPENVINO_INT8 else precision])
+             for precision in paths}
     flops["checkpoint"] = unpruned_flops(source, DEFAULT_OPSET)  # what PyTorch's generate computes
     cfg = source.model.cfg
     shape = {"d_model": cfg.hidden_size, "heads": cfg.num_heads, "frame_layers": cfg.num_decoder_layers1,
              "word_layers": cfg.num_decoder_layers2, "frame_dim": cfg.frames_input_size, "vocab_size": cfg.vocab_size}
-    return Models(paths, flops, specs["fp32"], shape)
+    return Models(paths, flops, specs["fp32"], shape, errors)
 
 
 def start_worker(engine: Engine, inputs: Inputs, models: Models, batch_path: Path, settings: Settings) -> Worker:
@@ -172,15 +192,20 @@ class Measurements:
     end_to_end: list[EndToEnd]
     end_to_end_error: str | None
     feed_only: dict[int, list[FeedRun]]  # feed processes -> one run a round
+    # cnm-run on another engine (an OpenVINO one) -> one run a round, or why it failed
+    engine_end_to_end: dict[str, list[EndToEnd] | str]
 
 
-def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_end, run_feed_only) -> Measurements:
-    """The rounds: never two engines measuring at once; cnm-run, then the feed alone, last in each round."""
+def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_end, run_feed_only,
+                   engine_end_to_end: dict[str, Callable[[], EndToEnd]]) -> Measurements:
+    """The rounds: never two engines measuring at once; cnm-run (on ONNX Runtime, then on each engine of
+    ``engine_end_to_end``), then the feed alone, last in each round."""
     keys = [(name, batch) for name in workers for batch in settings.batch_sizes]
     measured = Measurements({key: [] for key in keys}, {key: [] for key in keys}, {key: [] for key in keys}, [], None,
-                            {processes: [] for processes in settings.feed_processes})
+                            {processes: [] for processes in settings.feed_processes},
+                            {name: [] for name in engine_end_to_end})
     names = list(workers)
-    steps = settings.rounds * (len(keys) + 1 + len(settings.feed_processes))
+    steps = settings.rounds * (len(keys) + 1 + len(engine_end_to_end) + len(settings.feed_processes))
     with tqdm(total=steps, desc="measuring", unit="step", file=sys.stderr, disable=None) as progress:
         for round_index in range(settings.rounds):
             order = names[round_index % len(names):] + names[: round_index % len(names)]
@@ -200,6 +225,14 @@ def measure_rounds(workers: dict[str, Worker], settings: Settings, run_end_to_en
                     measured.end_to_end_error = str(error)
                     log.error("cnm-run end to end: %s", error)
             progress.update()
+            for name, run in engine_end_to_end.items():
+                if isinstance(measured.engine_end_to_end[name], list):
+                    try:
+                        measured.engine_end_to_end[name].append(run())
+                    except (RuntimeError, OSError) as error:
+                        measured.engine_end_to_end[name] = str(error)
+                        log.error("cnm-run end to end on %s: %s", name, error)
+                progress.update()
             for processes in settings.feed_processes:
                 measured.feed_only[processes].append(run_feed_only(processes))
                 progress.update()
@@ -247,6 +280,25 @@ def end_to_end_results(measured: Measurements, engines: dict[str, dict], setting
         "side_by_side_ratio": ratio(qps["median"], model_only("ort-fp32-side")),
         "mIoU": runs[0].metrics["mIoU"],
     }
+
+
+def engine_end_to_end_results(measured: Measurements, engines: dict[str, dict], settings: Settings
+                              ) -> dict[str, Any]:
+    """cnm-run on each other engine against that engine's model-only figure at the same batch size (with its
+    own settings, as cnm-run's defaults: OpenVINO's streams and infer requests)."""
+    batch = str(settings.reference_batch)
+    results: dict[str, Any] = {}
+    for name, runs in measured.engine_end_to_end.items():
+        if isinstance(runs, str) or not runs:
+            results[name] = {"error": runs or "not run"}
+            continue
+        qps = spread([run.queries_per_s for run in runs])
+        model_only = engines[name].get("speed", {}).get(batch, {}).get("queries_per_s", {}).get("median")
+        results[name] = {"batch_size": settings.reference_batch, "provider": runs[0].metrics["provider"],
+                         "queries": runs[0].metrics["predicted"], "queries_per_s": qps,
+                         "model_only_queries_per_s": model_only, "ratio": ratio(qps["median"], model_only),
+                         "peak_rss_mb": max(run.peak_rss_mb for run in runs), "mIoU": runs[0].metrics["mIoU"]}
+    return results
 
 
 def gpu_end_to_end(engines: dict[str, dict], models: Models, inputs: Inputs, queries: Path, settings: Settings,
@@ -301,6 +353,9 @@ def start_workers(to_run: list[Engine], inputs: Inputs, models: Models, batch_pa
         if engine not in to_run:
             statuses[engine.name] = "not run: no GPU"
             continue
+        if engine.graph in models.errors:
+            statuses[engine.name] = f"not run: {models.errors[engine.graph]}"
+            continue
         log.info("starting %s", engine.label)
         worker = start_worker(engine, inputs, models, batch_path, settings)
         if "error" in worker.started:
@@ -319,7 +374,8 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
     gpu = gpu_name()
     to_run = [engine for engine in ENGINES if gpu or not engine.needs_gpu]
     log.info("exporting %s", inputs.checkpoint)
-    models = export_models(inputs, sorted({engine.graph for engine in to_run if not engine.is_torch}), workdir)
+    models = export_models(inputs, sorted({"fp32"} | {engine.graph for engine in to_run if not engine.is_torch}),
+                           workdir)
     prepared = prepare_queries(inputs.features, inputs.queries, models.spec, settings.max_queries, workdir)
     skipped = prepared.read - len(prepared.queries)
     log.info("%d labelled queries prepared (%d skipped)", len(prepared.queries), skipped)
@@ -337,7 +393,11 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
             lambda: run_cnm_run(models.paths["fp32"], inputs.features, e2e_queries, settings.reference_batch,
                                 settings.threads, workdir),
             lambda processes: measure_feed_only(models.paths["fp32"], inputs.features, e2e_queries,
-                                                settings.reference_batch, processes, keep_videos=1))
+                                                settings.reference_batch, processes, keep_videos=1),
+            {name: functools.partial(run_cnm_run, models.paths[BY_NAME[name].graph], inputs.features, e2e_queries,
+                                     settings.reference_batch, 0, workdir, "openvino",
+                                     precision=BY_NAME[name].precision)
+             for name in workers if BY_NAME[name].is_openvino})
     finally:
         for worker in workers.values():
             worker.close()  # frees the GPU for cnm-run below
@@ -349,6 +409,7 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
     }
     load_after = os.getloadavg()[0]  # other work on the machine slows every engine alike, not evenly
     end_to_end = end_to_end_results(measured, engines, settings)
+    engine_ends = engine_end_to_end_results(measured, engines, settings)
     if gpu and end_to_end is not None:
         gpu_queries = write_repeated(prepared.queries, GPU_E2E_QUERIES if not settings.quick else settings.e2e_queries,
                                      workdir / "gpu-e2e-queries.jsonl")
@@ -370,9 +431,10 @@ def benchmark(inputs: Inputs, settings: Settings, command: str, workdir: Path) -
         "fastest": fastest(engines),
         "end_to_end": end_to_end,
         "end_to_end_error": measured.end_to_end_error,
+        "end_to_end_by_engine": engine_ends,
         "feed_only": feed,
         "targets": check_targets(engines, end_to_end, feed, settings.reference_batch,
-                                 not settings.one_video_per_query),
+                                 not settings.one_video_per_query, engine_ends),
     }
 
 
@@ -409,6 +471,10 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--features", type=FILE, help=f"HDF5 feature archive  [default: {DEMO_DIR}/{DEMO_FILES['features']}]")
 @click.option("--queries", type=FILE, help="labelled queries (JSON lines with timestamps, or an annotation list)"
               f"  [default: {DEMO_DIR}/{DEMO_FILES['queries']}]")
+@click.option("--calibration-queries", type=FILE, help="training queries OpenVINO int8 calibrates on  [default: "
+              "the checkpoint config's dataset.train_data]")
+@click.option("--calibration-features", type=FILE, help="the archive of their videos  [default: the checkpoint "
+              "config's dataset.feature_path]")
 @click.option("--quick", is_flag=True, help="a short run with tiny sizes (a smoke test, not figures to quote)")
 @click.option("--rounds", type=click.IntRange(min=1), help=f"[default: {FULL['rounds']}; quick {QUICK['rounds']}]")
 @click.option("--batch-sizes", help="comma-separated  [default: 1,16,64,128; quick 1,4]")
@@ -430,7 +496,8 @@ FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
                    "cnm-run still shares")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=RESULTS_DIR,
               show_default="benchmarks/results")
-def main(checkpoint: Path | None, vocab: Path | None, features: Path | None, queries: Path | None, quick: bool,
+def main(checkpoint: Path | None, vocab: Path | None, features: Path | None, queries: Path | None,
+         calibration_queries: Path | None, calibration_features: Path | None, quick: bool,
          rounds: int | None, batch_sizes: str | None, queries_per_point: int | None, max_queries: int | None,
          e2e_queries: int | None, threads: int | None, feed_processes: str | None, one_video_per_query: bool,
          out_dir: Path) -> None:
@@ -445,7 +512,7 @@ def main(checkpoint: Path | None, vocab: Path | None, features: Path | None, que
     settings = Settings(**{key: defaults[key] if value is None else value for key, value in given.items()},
                         threads=threads or default_threads(), feed_processes=processes,
                         one_video_per_query=one_video_per_query, quick=quick)
-    inputs = resolve_inputs(checkpoint, vocab, features, queries)
+    inputs = resolve_inputs(checkpoint, vocab, features, queries, (calibration_queries, calibration_features))
     command = shlex.join(["python", "-m", "benchmarks.run", *sys.argv[1:]])
     with tempfile.TemporaryDirectory(prefix="cnm-bench-") as scratch:
         try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.engines import REFERENCE
+from benchmarks.engines import BY_NAME, REFERENCE
 from cnm_export.flops import Flops
 from cnm_runtime.spans import HEADLINE_METRICS, grounding_metrics, spans_from_gaussian, temporal_iou
 
@@ -62,8 +62,24 @@ def _target(text: str, value: float | None, bound: float, at_least: bool) -> dic
     return {"target": text, "value": value, "bound": bound, "met": met}
 
 
+# Accuracy against fp32 (ONNX Runtime fp32, the same as PyTorch fp32) that a lower precision may cost, as a
+# fraction (0.01: one point of IoU@0.5 or mIoU in percent).
+INT8_COST = 0.01
+BF16_COST = 0.005
+BEST_CPU_SPEEDUP = 3.0  # the best CPU engine within INT8_COST against ONNX Runtime fp32
+
+
+def metric_cost(engines: dict[str, dict], name: str) -> float | None:
+    """The larger change of IoU@0.5 and mIoU from fp32 (ONNX Runtime fp32) of engine ``name``."""
+    ours, fp32 = engines.get(name, {}).get("accuracy"), engines.get("ort-fp32", {}).get("accuracy")
+    if not ours or not fp32:
+        return None
+    return max(abs(ours[metric] - fp32[metric]) for metric in ("IoU@0.5", "mIoU"))
+
+
 def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, feed: dict[str, Any] | None,
-                  batch: int, videos_shared: bool = True) -> list[dict[str, Any]]:
+                  batch: int, videos_shared: bool = True,
+                  engine_ends: dict[str, dict] | None = None) -> list[dict[str, Any]]:
     """The targets at ``batch``; ``met`` is None where an engine they need did not run, and for the
     end-to-end ratio when the model-only batches shared no video (cnm-run's always do: not comparable)."""
     def qps(name: str) -> float | None:
@@ -91,7 +107,44 @@ def check_targets(engines: dict[str, dict], end_to_end: dict[str, Any] | None, f
         e2e,
         *feed_targets(feed),
         *gpu_targets(engines, end_to_end),
+        *cpu_engine_targets(engines, engine_ends or {}, batch, videos_shared),
     ]
+
+
+def cpu_engine_targets(engines: dict[str, dict], engine_ends: dict[str, dict], batch: int,
+                       videos_shared: bool) -> list[dict[str, Any]]:
+    """The CPU engines' targets: the fastest within one point of fp32 >= 3x ONNX Runtime fp32; each bf16 engine
+    within half a point, each int8 one within one; cnm-run on the fastest engine it runs >= 0.85x that engine
+    alone; and auto's fp32 engine (OpenVINO) no slower than ONNX Runtime's as cnm-run ran it before."""
+    def qps(name: str) -> float | None:
+        speed = engines.get(name, {}).get("speed", {}).get(str(batch))
+        return speed["queries_per_s"]["median"] if speed else None
+
+    cpu = [name for name, engine in engines.items() if engine.get("device") == "cpu" and qps(name) is not None]
+    close = [name for name in cpu if (metric_cost(engines, name) or 0.0) <= INT8_COST]
+    best = max(close, key=qps, default=None)
+    label = engines[best]["label"] if best else "none ran"
+    targets = [_target(f"best CPU engine within 1 point of fp32 ({label}) >= {BEST_CPU_SPEEDUP:g}x ONNX Runtime fp32 "
+                       f"at batch {batch}", ratio(qps(best), qps("ort-fp32")) if best else None, BEST_CPU_SPEEDUP,
+                       at_least=True)]
+    for name in cpu:
+        precision = BY_NAME[name].precision or BY_NAME[name].graph
+        if name != "ort-int8" and ("bf16" in precision or "int8" in precision):
+            bound = BF16_COST if "bf16" in precision else INT8_COST
+            targets.append(_target(f"{engines[name]['label']}: IoU@0.5 and mIoU within {100 * bound:g} point of fp32",
+                                   metric_cost(engines, name), bound, at_least=False))
+    ran = {name: end for name, end in engine_ends.items() if end.get("ratio") is not None}
+    fastest_run = max(ran, key=lambda name: ran[name]["model_only_queries_per_s"], default=None)
+    if engine_ends:
+        e2e = _target(f"cnm-run on the fastest engine it ran ({engines[fastest_run]['label'] if fastest_run else '-'})"
+                      f" >= 0.85x that engine alone at batch {batch}", ran[fastest_run]["ratio"] if fastest_run else None,
+                      0.85, at_least=True)
+        targets.append(e2e if videos_shared else {**e2e, "met": None, "target": e2e["target"] + " (not judged)"})
+    if "ov-fp32" in cpu:
+        targets.append(_target(f"OpenVINO fp32 (auto's fp32 engine on the CPU) >= ONNX Runtime fp32, batches side by "
+                               f"side, at batch {batch}", ratio(qps("ov-fp32"), qps("ort-fp32-side")), 1.0,
+                               at_least=True))
+    return targets
 
 
 def feed_targets(feed: dict[str, Any] | None) -> list[dict[str, Any]]:

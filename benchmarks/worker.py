@@ -11,7 +11,8 @@ is one JSON line on stdout; anything else (ONNX Runtime notices included) is sen
 A measurement first runs one untimed batch (the warm-up), then N timed batches of consecutive queries,
 taken round-robin from the prepared inputs; a batch holds each of its videos once, as cnm-run's do
 (``--one-video-per-query``: each query its own copy). With ``--runs R`` the batches run R at once, each
-timed on its own, after R warm-up batches at once. ``Worker`` is the coordinator's end of the pipe.
+timed on its own, after R warm-up batches at once; an OpenVINO engine runs as many at once as its session
+has infer requests. ``Worker`` is the coordinator's end of the pipe.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any
 import click
 import numpy as np
 
-from benchmarks.engines import BY_NAME, Runner, ort_runner, torch_runner
+from benchmarks.engines import BY_NAME, Runner, compiled_runner, openvino_runner, ort_runner, torch_runner
 from cnm_runtime.batch import Batch
 
 PREDICT_CHUNK = 64
@@ -95,11 +96,16 @@ def main(engine_name: str, inputs: Path, model: Path | None, checkpoint: Path | 
 
     engine = BY_NAME[engine_name]
     try:
-        if engine.is_torch:
+        if engine.compiled:
+            run = compiled_runner(checkpoint, vocab, threads, bf16=engine.precision == "bf16")
+            provider = "torch-compile-cpu"
+        elif engine.is_torch:
             run = torch_runner(checkpoint, vocab, engine.provider, threads, engine.half)
             provider = f"torch-{engine.provider}"
+        elif engine.is_openvino:  # its streams and infer requests set how many batches run at once
+            run, provider, runs = openvino_runner(model, engine.precision)
         else:
-            run, provider = ort_runner(model, engine.provider, threads, max_batch, runs)
+            run, provider = ort_runner(model, engine, threads, max_batch, runs)
     except Exception as error:  # a provider that cannot start is a result ("not run: why"), not a crash
         answer({"error": f"{type(error).__name__}: {error}"})
         return

@@ -3,7 +3,8 @@
 The fp32 graph comes from PyTorch's TorchScript exporter, which folds the packed attention weights into
 plain initializers (the int8 quantizer needs them so; the torch.export-based exporter splits and
 transposes them at run time). fp16 is the same module cast to half before export, taking half frames (half the bytes to feed); int8 is ONNX Runtime's
-dynamic quantization of the fp32 file's matrix weights.
+dynamic quantization of the fp32 file's matrix weights; openvino-int8 is NNCF's static quantization of the
+fp32 graph for OpenVINO (``cnm_export.openvino_int8``), an IR rather than an ONNX file.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -22,14 +24,17 @@ from onnx import numpy_helper
 
 from cnm_export.flops import Flops, graph_flops
 from cnm_export.graph import GeneratorGraph
-from cnm_runtime.batch import INPUT_NAMES
-from cnm_runtime.model_spec import OUTPUT_NAMES, ModelSpec
+from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
+from cnm_runtime.openvino_session import IR_SUFFIX, OPENVINO_INT8
 from cnm_runtime.provenance import cnm_version, file_digest
 from cnm_runtime.text import Vocabulary, load_glove
 from cnm_train.checkpoint import load_checkpoint
 from cnm_train.model import CNM
 
-PRECISIONS = ("fp32", "fp16", "int8")
+if TYPE_CHECKING:
+    from cnm_export.openvino_int8 import Calibration
+
+PRECISIONS = ("fp32", "fp16", "int8", OPENVINO_INT8)
 DEFAULT_OPSET = 18
 
 
@@ -40,6 +45,8 @@ class ExportSource:
     model: CNM
     word_vectors: np.ndarray  # [vocab_size, word_dim], row 0 zeros
     spec: ModelSpec  # precision fp32; export_model records the precision it writes
+    config: dict  # the checkpoint's config: where its training split lies (openvino-int8 calibrates on it)
+    checkpoint: Path
 
 
 def training_directory(config: dict, checkpoint: Path) -> Path:
@@ -56,24 +63,30 @@ def _inside(path: Path, folder: Path) -> bool:
     return bool(folder.parts) and not path.is_absolute() and path.parts[: len(folder.parts)] == folder.parts
 
 
-def resolve_vocab(config: dict, vocab: str | Path | None, checkpoint: Path) -> Path:
-    """``vocab`` if given, else the config's ``dataset.vocab_path``, relative to the current directory or,
-    as paths in a config are, to the directory training ran in (so ``cnm-export model-best.pt`` works
-    from the checkpoint's own folder)."""
-    if vocab is not None:
-        return Path(vocab)
-    default = config["dataset"].get("vocab_path")
+def resolve_dataset_file(config: dict, key: str, given: str | Path | None, checkpoint: Path, option: str,
+                         what: str) -> Path:
+    """``given`` if not None, else the config's ``dataset.KEY``: relative to the current directory or, as paths
+    in a config are, to the directory training ran in (so ``cnm-export model-best.pt`` works from the
+    checkpoint's own folder), or, for a file kept in training's output folder, from a copy of that folder;
+    FileNotFoundError naming ``option``, the way to give ``what``, where none has it."""
+    if given is not None:
+        return Path(given)
+    default = config["dataset"].get(key)
+    saved = Path(config["train"].get("model_saved_path", ""))
     candidates = [Path.cwd() / default, training_directory(config, checkpoint) / default] if default else []
-    if default and _inside(Path(default), Path(config["train"].get("model_saved_path", ""))):
-        # a vocabulary kept in training's output folder travels with it: find it from the checkpoint's folder
-        candidates.append(checkpoint.resolve().parent / Path(default).relative_to(config["train"]["model_saved_path"]))
+    if default and _inside(Path(default), saved):
+        candidates.append(checkpoint.resolve().parent / Path(default).relative_to(saved))
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
-        f"no vocabulary given and the checkpoint's dataset.vocab_path {default!r} exists neither here nor "
-        "where training ran; pass --vocab, the glove.pkl the model was trained with"
-    )
+    raise FileNotFoundError(f"no {option} given and the checkpoint's dataset.{key} {default!r} exists neither here "
+                            f"nor where training ran; pass {option}, {what}")
+
+
+def resolve_vocab(config: dict, vocab: str | Path | None, checkpoint: Path) -> Path:
+    """The glove.pkl of training: ``vocab``, else the config's ``dataset.vocab_path`` (``resolve_dataset_file``)."""
+    return resolve_dataset_file(config, "vocab_path", vocab, checkpoint, "--vocab",
+                                "the glove.pkl the model was trained with")
 
 
 def load_source(checkpoint: str | Path, vocab: str | Path | None = None) -> ExportSource:
@@ -96,7 +109,7 @@ def load_source(checkpoint: str | Path, vocab: str | Path | None = None) -> Expo
         checkpoint_sha256=file_digest(checkpoint),
         versions={"torch": torch.__version__, "onnx": onnx.__version__, "cnm": cnm_version()},
     )
-    return ExportSource(model, vocabulary.word_vectors(glove), spec)
+    return ExportSource(model, vocabulary.word_vectors(glove), spec, ckpt.config, Path(checkpoint))
 
 
 def trace_to_onnx(graph: GeneratorGraph, spec: ModelSpec, out: Path, opset: int) -> None:
@@ -170,23 +183,39 @@ def _build_graph(source: ExportSource, scratch: Path, precision: str, opset: int
 
 
 def export_model(source: ExportSource, out: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET,
-                 prune: bool = True) -> ModelSpec:
+                 prune: bool = True, calibration: "Calibration | None" = None) -> ModelSpec:
     """Write ``source`` as one checked ONNX file (no external data) to ``out``; returns its metadata.
 
+    ``openvino-int8`` writes an OpenVINO IR instead (``out`` ends in .xml, its weights go to the .bin
+    beside it), calibrated on ``calibration`` (default: the checkpoint's training split).
     The file appears only once complete and checked. ``source.model`` is left as it was.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     out = Path(out)
+    if (precision == OPENVINO_INT8) != (out.suffix == IR_SUFFIX):
+        raise ValueError(f"{out}: an {OPENVINO_INT8} export is an OpenVINO IR, whose name ends in {IR_SUFFIX}; "
+                         f"the other precisions write ONNX files" if precision == OPENVINO_INT8 else
+                         f"{out}: a {precision} export is an ONNX file; only {OPENVINO_INT8} writes {IR_SUFFIX}")
     versions = dict(source.spec.versions)
     if precision == "int8":
         import onnxruntime
 
         versions["onnxruntime"] = onnxruntime.__version__
+    if precision == OPENVINO_INT8:
+        from cnm_export import openvino_int8
+
+        calibration = calibration or openvino_int8.training_split(source)
+        openvino_int8.refuse_test_split(calibration, source.config, source.checkpoint)
+        versions.update(openvino_int8.versions())
     spec = dataclasses.replace(source.spec, precision=precision, versions=versions)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as scratch:  # same file system: the rename is atomic
-        proto = onnx.load(str(_build_graph(source, Path(scratch), precision, opset, prune)))
+        graph = _build_graph(source, Path(scratch), "fp32" if precision == OPENVINO_INT8 else precision, opset, prune)
+        if precision == OPENVINO_INT8:
+            openvino_int8.write_quantized(graph, spec, calibration, out)
+            return spec
+        proto = onnx.load(str(graph))
         for key, value in spec.to_metadata().items():
             proto.metadata_props.add(key=key, value=value)
         bad = nonfinite_constants(proto)

@@ -1,8 +1,10 @@
 """Does an exported file compute what PyTorch computes?
 
-ONNX Runtime runs the file on the CPU provider through cnm-run's own session; the reference is the live
-PyTorch model in fp32 with its full, unpruned inference path, so one comparison covers the export, the
-pruning and the precision. Cases: random inputs at several batch sizes with every query length
+Each engine that runs the file runs it through cnm-run's own session: ONNX Runtime on the CPU provider
+(ONNX files), and OpenVINO at each precision it runs the file at, where it is installed (fp32, and bf16
+where the CPU has it, for an fp32 file; int8 for an openvino-int8 IR). The reference is the live PyTorch
+model in fp32 with its full, unpruned inference path, so one comparison covers the export, the pruning and
+the precision; fp32 must agree within ``TOLERANCE``, the others' drift is reported. Cases: random inputs at several batch sizes with every query length
 1..max_num_words, and optionally a small labelled set (``queries.jsonl`` + ``features.hdf5``, as in the
 golden directory) read and prepared as cnm-run does it, where the change in IoU@0.5 and mIoU is
 reported too; an ``expected.npz`` beside it (outputs of the original code) is compared as well.
@@ -21,6 +23,8 @@ import torch
 from cnm_runtime.batch import Batch
 from cnm_runtime.chunks import BatchMaker
 from cnm_runtime.model_spec import ModelSpec
+from cnm_runtime import openvino_session
+from cnm_runtime.engines import Session
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import QueryError
 from cnm_runtime.queries import Query, read_lines
@@ -49,8 +53,9 @@ class Comparison:
 
 @dataclass
 class Verification:
-    precision: str
+    precision: str  # the arithmetic the engine ran the file at
     cases: list[Comparison]
+    engine: str = "ONNX Runtime (CPU)"
 
     @property
     def tolerance(self) -> float | None:
@@ -72,7 +77,7 @@ class Verification:
     def table(self) -> str:
         tolerance = "none, reported" if self.tolerance is None else f"{self.tolerance:g}"
         lines = [
-            f"ONNX Runtime (CPU, {self.precision}) vs PyTorch (fp32, unpruned); tolerance: {tolerance}",
+            f"{self.engine}, {self.precision}, vs PyTorch (fp32, unpruned); tolerance: {tolerance}",
             f"{'case':<30}{'queries':>8}{'max|d center|':>15}{'max|d width|':>14}"
             + "".join(f"{'d ' + name:>12}" for name in HEADLINE_METRICS) + f"{'result':>10}",
         ]
@@ -166,7 +171,7 @@ def _metrics(outputs: tuple[np.ndarray, np.ndarray], truth: np.ndarray) -> dict[
     return grounding_metrics(temporal_iou(spans_from_gaussian(*outputs), truth))
 
 
-def verify_labelled(session: ModelSession, model: CNM, word_vectors: np.ndarray, spec: ModelSpec,
+def verify_labelled(session: Session, model: CNM, word_vectors: np.ndarray, spec: ModelSpec,
                     directory: str | Path) -> list[Comparison]:
     """The labelled set against PyTorch (with the metric change) and against ``expected.npz`` if present."""
     directory = Path(directory)
@@ -186,10 +191,12 @@ def verify_labelled(session: ModelSession, model: CNM, word_vectors: np.ndarray,
     return cases
 
 
-def verify_export(onnx_path: str | Path, model: CNM, word_vectors: np.ndarray, labelled: str | Path | None = None,
-                  batch_sizes: tuple[int, ...] = RANDOM_BATCHES, seed: int = 0) -> Verification:
-    """Compare the file at ``onnx_path`` with ``model`` (eval mode) on random inputs and ``labelled``."""
-    session = ModelSession(onnx_path, RunOptions(provider="cpu"))
+def verify_export(model_path: str | Path, model: CNM, word_vectors: np.ndarray, labelled: str | Path | None = None,
+                  batch_sizes: tuple[int, ...] = RANDOM_BATCHES, seed: int = 0,
+                  session: Session | None = None) -> Verification:
+    """Compare the file at ``model_path``, run by ``session`` (default: ONNX Runtime's CPU provider), with
+    ``model`` (eval mode) on random inputs and ``labelled``."""
+    session = session or ModelSession(model_path, RunOptions(provider="cpu"))
     spec = session.spec
     rng = np.random.default_rng(seed)
     cases = []
@@ -198,4 +205,29 @@ def verify_export(onnx_path: str | Path, model: CNM, word_vectors: np.ndarray, l
         cases.append(_compare(f"random, batch {batch}", session.run(inputs), pytorch_outputs(model, word_vectors, inputs)))
     if labelled is not None:
         cases += verify_labelled(session, model, word_vectors, spec, labelled)
-    return Verification(spec.precision, cases)
+    if isinstance(session, ModelSession):
+        return Verification(spec.precision, cases)
+    return Verification(session.precision, cases, engine="OpenVINO (CPU)")
+
+
+def engine_sessions(model_path: str | Path) -> list[Session]:
+    """A session for every engine and precision that runs the file here: ONNX Runtime's CPU provider for an
+    ONNX file, and OpenVINO at each precision it runs the file at, where it is installed."""
+    model_path = Path(model_path)
+    sessions: list[Session] = []
+    if model_path.suffix != openvino_session.IR_SUFFIX:
+        sessions.append(ModelSession(model_path, RunOptions(provider="cpu")))
+    if openvino_session.is_installed():
+        spec = sessions[0].spec if sessions else openvino_session.OpenVinoSession(model_path).spec
+        own = openvino_session.precision_of(spec)  # asked for as None: a run names only fp32 and bf16
+        sessions += [openvino_session.OpenVinoSession(model_path, RunOptions(precision=None if precision == own
+                                                                             else precision))
+                     for precision in openvino_session.precisions_for(spec)]
+    return sessions
+
+
+def verify_engines(model_path: str | Path, model: CNM, word_vectors: np.ndarray,
+                   labelled: str | Path | None = None) -> list[Verification]:
+    """``verify_export`` on every session of ``engine_sessions``."""
+    return [verify_export(model_path, model, word_vectors, labelled, session=session)
+            for session in engine_sessions(model_path)]

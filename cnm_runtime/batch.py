@@ -1,7 +1,8 @@
 """A batch as the exported graph takes it: the one shape that cnm-run, cnm-export --verify and the
 benchmarks hand to a model.
 
-Its fields are the graph's inputs, by name and in order (``INPUT_NAMES``). A batch holds each of its videos once (``frames``) and says which one each query reads
+Its fields are the graph's inputs, by name and in order (``model_spec.INPUT_NAMES``; a test holds the two
+equal). A batch holds each of its videos once (``frames``) and says which one each query reads
 (``video_index``), so the graph runs the work that reads no words once per video however many of its
 queries the batch holds. ``cnm_runtime.model_spec`` documents the inputs.
 """
@@ -29,7 +30,7 @@ class Batch:
 
     def inputs(self) -> dict[str, np.ndarray]:
         """The graph's inputs by name."""
-        return {name: getattr(self, name) for name in INPUT_NAMES}
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     def take(self, rows: np.ndarray) -> "Batch":
         """The queries ``rows`` with only the videos they read, renumbered."""
@@ -47,11 +48,7 @@ class Batch:
     @classmethod
     def load(cls, path: str | Path) -> "Batch":
         with np.load(path) as arrays:
-            return cls(*(arrays[name] for name in INPUT_NAMES))
-
-
-# The exported graph's inputs: a batch's fields (cnm_runtime.model_spec documents them).
-INPUT_NAMES = tuple(field.name for field in fields(Batch))
+            return cls(*(arrays[field.name] for field in fields(cls)))
 
 
 def build_batch(queries: Sequence[tuple[Hashable, Clips, EncodedQuery]], word_slots: int,

@@ -19,7 +19,8 @@ import click
 
 # Only light modules here: the signal handlers go in before numpy, h5py and ONNX Runtime load (in the
 # engines' functions below), so that Ctrl-C during start-up ends the run as cleanly as later.
-from cnm_runtime.options import DEFAULT_MAX_VIDEO_BYTES, PROVIDER_CHOICES, ArchiveOptions, RunOptions
+from cnm_runtime.options import (DEFAULT_MAX_VIDEO_BYTES, PRECISION_CHOICES, PROVIDER_CHOICES, ArchiveOptions,
+                                 RunOptions)
 from cnm_runtime.run_files import OutputError, OutputInUse, RunFiles, refuse_aliases
 from cnm_runtime.stop import StopSignals
 
@@ -70,13 +71,19 @@ class Failed(Exception):
               help="Counts, IoU@0.1..0.9 and mIoU (queries with timestamps), speed and provider, as JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True,
-              help="auto: TensorRT, else CUDA, else the CPU, whichever this machine can run; a provider named here "
-                   "must start.")
+              help="auto: TensorRT, else CUDA, whichever this machine can run, else the CPU (OpenVINO where it is "
+                   "installed: cnm_runtime.engines); openvino: OpenVINO on the CPU (pip install 'cnm[openvino]'). "
+                   "A provider named here must start.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+              help="Arithmetic: fp32 exact; bf16 on OpenVINO where the CPU has it (AVX512-BF16 or AMX; cnm-export "
+                   "--verify reports its drift). int8 is chosen at export (cnm-export --precision)  "
+                   "[default: the model's own]")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="ONNX Runtime threads a run  [default: 1 on the CPU; for a GPU, one per core, at most 8]")
+              help="Threads a run  [default: 1 on ONNX Runtime's CPU provider; on OpenVINO, its THROUGHPUT hint's "
+                   "split of the cores into streams; for a GPU, one per core, at most 8]")
 @click.option("--runs", type=click.IntRange(min=1), default=None,
-              help="Batches the model runs at once  [default: on the CPU, the cores (at most 8) divided by --threads; "
-                   "on a GPU, 1]")
+              help="Batches the model runs at once  [default: on ONNX Runtime's CPU provider, the cores (at most 8) "
+                   "divided by --threads; on OpenVINO, one an infer request; on a GPU, 1]")
 @click.option("--feeders", type=click.IntRange(min=0), default=None,
               help="Processes that read, resample, tokenize and stack batches (0: a thread of this process)  "
                    "[default: 0 on the CPU; on a GPU, one a core but one]")
@@ -104,13 +111,15 @@ class Failed(Exception):
 @click.option("--shard-batches", type=click.IntRange(min=1), default=64, show_default=True,
               help="With --engine ray: batches a shard, the unit of work that a rerun skips when done.")
 def main(model: Path, features: Path, queries: Path, output: Path, errors_path: Path | None,
-         metrics_path: Path | None, batch_size: int, provider: str, threads: int | None, runs: int | None,
+         metrics_path: Path | None, batch_size: int, provider: str, precision: str | None, threads: int | None,
+         runs: int | None,
          feeders: int | None, keep_videos: int, trt_cache: Path | None, refuse_outside_links: bool,
          max_video_mb: int, resume: bool, max_errors: int, engine: str, address: str | None, actors: int,
          shard_batches: int) -> None:
     """Ground every query of QUERIES in the videos of FEATURES with MODEL."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="cnm-run: %(message)s")
-    options = RunOptions(provider=provider, threads=threads, runs=runs, batch_size=batch_size, feeders=feeders,
+    options = RunOptions(provider=provider, precision=precision, threads=threads, runs=runs, batch_size=batch_size,
+                         feeders=feeders,
                          keep_videos=keep_videos, trt_cache=trt_cache,
                          archive=ArchiveOptions(follow_outside_links=not refuse_outside_links,
                                                 max_video_bytes=max_video_mb << 20))
@@ -214,8 +223,8 @@ def _ray(files: RunFiles, options: RunOptions, address: str | None, actors: int,
          stop: StopSignals) -> dict[str, Any]:
     from cnm_runtime.archive import FeatureArchive
     from cnm_runtime.grounder import Grounder
+    from cnm_runtime.openvino_session import IR_SUFFIX
     from cnm_runtime.provenance import ProvenanceMismatch
-
     from cnm_runtime.scaleout.job import RayOptions, loopback_only, run_ray
 
     if address is None:
@@ -226,7 +235,9 @@ def _ray(files: RunFiles, options: RunOptions, address: str | None, actors: int,
         raise Failed(EXIT_USAGE, "--engine ray needs Ray Data: pip install 'cnm[ray]'") from error
     try:
         FeatureArchive(files.features, options.archive).close()
-        Grounder(files.model, options, provider="cpu").close()  # a missing or broken model fails here, once
+        # a missing or broken model fails here, once, on the CPU (the driver takes no GPU)
+        Grounder(files.model, options, provider="openvino" if files.model.suffix == IR_SUFFIX else "cpu", runs=1,
+                 precision=None).close()
         return run_ray(files, options, RayOptions(address, actors, shard_batches), stop)
     except OutputError as error:
         raise Failed(EXIT_OUTPUT, str(error)) from error

@@ -27,13 +27,13 @@ import numpy as np
 
 from cnm_runtime.batch import build_batch
 from cnm_runtime.chunks import Chunk, prepare_query
+from cnm_runtime.engines import open_session
 from cnm_runtime.errors import InputError
 from cnm_runtime.features import Clips, to_clips
 from cnm_runtime.feed import Feed, Model
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import Prediction, QueryError
 from cnm_runtime.queries import Query, as_lines, qid_key, query_from_record
-from cnm_runtime.session import ModelSession
 
 
 class Grounder:
@@ -45,7 +45,7 @@ class Grounder:
     def __init__(self, model: str | Path | Model = "model-best.onnx", options: RunOptions | None = None,
                  **changes: Any):
         self.options = replace(options or RunOptions(), **changes)
-        self.session = ModelSession(model, self.options) if isinstance(model, (str, Path)) else model
+        self.session = open_session(model, self.options) if isinstance(model, (str, Path)) else model
         self.spec = self.session.spec
         self.vocabulary = self.spec.vocabulary()
 

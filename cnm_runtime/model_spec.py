@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from cnm_runtime.batch import INPUT_NAMES
 from cnm_runtime.text import Vocabulary
 
 METADATA_KEY = "cnm"
+INPUT_NAMES = ("frames", "video_index", "word_ids", "words_len")  # a Batch's fields
 OUTPUT_NAMES = ("center", "width")
 # The element types an export gives each input and output, as ONNX Runtime names them.
 INPUT_TYPES = {"frames": ("tensor(float)", "tensor(float16)"), "video_index": ("tensor(int64)",),

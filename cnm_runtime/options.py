@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# What --provider may name; cnm_runtime.session says what each one tries.
-PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt")
+# What --provider may name (cnm_runtime.engines says which engine each runs, cnm_runtime.session what ONNX
+# Runtime tries), and the arithmetic a run may ask for (int8 and fp16 are chosen at export).
+PROVIDER_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+PRECISION_CHOICES = ("fp32", "bf16")
 # Far above any real clip-feature file (hours of 2048-d features a second are a few hundred MB), and low
 # enough that a damaged or hostile dataset declared at terabytes is refused instead of read.
 DEFAULT_MAX_VIDEO_BYTES = 1 << 30
@@ -40,6 +42,7 @@ class RunOptions:
     """
 
     provider: str = "auto"
+    precision: str | None = None  # None: the model file's own arithmetic
     threads: int | None = None
     runs: int | None = None
     batch_size: int = 64
@@ -54,6 +57,9 @@ class RunOptions:
     def __post_init__(self) -> None:
         if self.provider not in PROVIDER_CHOICES:
             raise ValueError(f"provider must be one of {', '.join(PROVIDER_CHOICES)}, got {self.provider!r}")
+        if self.precision is not None and self.precision not in PRECISION_CHOICES:
+            raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)} or None (int8 and fp16 are "
+                             f"chosen at export), got {self.precision!r}")
         for name in ("threads", "runs", "feeders"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < (0 if name == "feeders" else 1)):

@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -27,9 +27,10 @@ import numpy as np
 import onnxruntime as ort
 
 from cnm_runtime.batch import Batch
-from cnm_runtime.cores import available_cores
+from cnm_runtime import cores
 from cnm_runtime.denormals import flush_denormals_here
 from cnm_runtime.model_spec import ModelSpec, check_graph
+from cnm_runtime.model_threads import ModelThreads
 from cnm_runtime.options import RunOptions
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,10 @@ ORT_DEFAULT_LOG_SEVERITY = 2  # warnings, ONNX Runtime's own default
 # Graph rewrites left out on the CPU provider: ONNX Runtime's CPU kernel for SkipLayerNormalization (residual
 # Add + LayerNorm in one node, fused in int8 graphs) is slower than the two plain nodes it replaces.
 CPU_DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
-# The threads cnm-run keeps busy when none are asked for: one per core, at most this many, since past that
-# the threads of a model this small wait on each other more than they compute (benchmarks/cnm_run_scale.py
-# settings sweeps them on a machine).
-MAX_DEFAULT_THREADS = 8
 # On the CPU a run gets one thread and batches run side by side instead, one a core: the graph is many small
 # operators, and the threads of one run would wait on each other at each of them (python -m benchmarks.run
 # sets "ONNX Runtime fp32, batches side by side" against "ONNX Runtime fp32").
 CPU_THREADS_PER_RUN = 1
-
-
-def default_threads() -> int:
-    return min(available_cores(), MAX_DEFAULT_THREADS)
 
 
 def default_trt_cache_dir() -> Path:
@@ -128,6 +121,9 @@ def _shapes(spec: ModelSpec, batch: int) -> str:
 def provider_chain(options: RunOptions, spec: ModelSpec) -> list:
     """ONNX Runtime's ``providers`` list for ``options.provider``: what this machine can run of its
     fallbacks, best first, each with its options. A provider named outright that cannot run: RuntimeError."""
+    if options.provider not in FALLBACKS:
+        raise ValueError(f"--provider {options.provider} is not ONNX Runtime's: cnm_runtime.engines.open_session "
+                         "opens the engine that runs it")
     if options.provider != "auto":
         problem = _runnable(options.provider)
         if problem:
@@ -190,9 +186,8 @@ def _in_own_thread(work: Callable[[], T]) -> T:
         return starter.submit(work).result()
 
 
-class ModelSession:
-    """``submit(batch) -> Future[(center, width)]`` (or ``run(batch)``) for batches of up to
-    ``options.batch_size`` queries, ``runs`` of them at once; ``close()`` when done.
+class ModelSession(ModelThreads):
+    """A model on ONNX Runtime, for batches of up to ``options.batch_size`` queries, ``runs`` of them at once.
 
     ``threads`` are ONNX Runtime's threads a run. By default a run on the CPU gets one, and the cores' worth
     come from running several batches at once, one a core (at most 8); a GPU provider runs one batch at a
@@ -206,11 +201,10 @@ class ModelSession:
         self.spec, self.frames_dtype, self._chain, self.threads = _in_own_thread(lambda: self._start(options))
         self.provider = _provider_name(self._chain[0])
         self.device = "cpu" if self.provider == PROVIDERS["cpu"] else "cuda"
-        self.runs = options.runs or (max(1, default_threads() // self.threads) if self.device == "cpu" else 1)
+        self.runs = options.runs or (max(1, cores.default_threads() // self.threads) if self.device == "cpu" else 1)
         self._flush_denormals = options.flush_denormals
         self._local = threading.local()  # each thread's own session, made on its first batch
-        self._pool = ThreadPoolExecutor(self.runs, thread_name_prefix="cnm-model",
-                                        initializer=flush_denormals_here if options.flush_denormals else None)
+        self._start_threads(flush_denormals_here if options.flush_denormals else None)
 
     def _start(self, options: RunOptions) -> tuple[ModelSpec, np.dtype, list, int]:
         """The model's spec and frames type, and the provider chain and threads that do start (a session is
@@ -224,7 +218,7 @@ class ModelSession:
         spec = ModelSpec.from_metadata(probe.get_modelmeta().custom_metadata_map, str(self.model_path))
         frames_dtype = np.dtype(np.float16 if inputs["frames"] == "tensor(float16)" else np.float32)
         chain = provider_chain(options, spec)
-        threads = options.threads or (CPU_THREADS_PER_RUN if chain == [PROVIDERS["cpu"]] else default_threads())
+        threads = options.threads or (CPU_THREADS_PER_RUN if chain == [PROVIDERS["cpu"]] else cores.default_threads())
         if chain == [PROVIDERS["cpu"]]:
             return spec, frames_dtype, chain, threads
         started = _new_session(self.model_path, threads, chain, options.flush_denormals).get_providers()[0]
@@ -244,27 +238,10 @@ class ModelSession:
                                                          self._flush_denormals)
         return session
 
-    def submit(self, batch: Batch) -> Future:
-        """``(center, width)`` ``[queries]`` float32 of ``batch``, computed in one of the session's threads."""
-        return self._pool.submit(self._run, batch)
-
-    def run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        return self.submit(batch).result()
-
-    def close(self) -> None:
-        """Wait for the batches in the model and end its threads."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> "ModelSession":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def default_feeders(self) -> int:
         """Feed processes: none on the CPU, where the model keeps every core busy and a thread of this process
         feeds it; one a core but one (kept for this process) where a GPU runs the model."""
-        return 0 if self.device == "cpu" else max(1, available_cores() - 1)
+        return 0 if self.device == "cpu" else max(1, cores.available_cores() - 1)
 
     def _run(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Runs in a thread of the session: frames are cast to the graph's type if they are not of it already

@@ -123,8 +123,10 @@ def write_glove(path: Path, words: list[str], dim: int = 300, seed: int = 0) -> 
 
 
 def write_checkpoint(path: Path, config_name: str = "charades_i3d", vocab_size: int = 50, d_model: int = 32,
-                     layers: tuple[int, int] = (1, 1), seed: int = 0, glove_path: Path | None = None) -> Path:
-    """A random-weight checkpoint in the original format for one of the shipped configs, shrunk for speed."""
+                     layers: tuple[int, int] = (1, 1), seed: int = 0, glove_path: Path | None = None,
+                     dataset: dict[str, str] | None = None) -> Path:
+    """A random-weight checkpoint in the original format for one of the shipped configs, shrunk for speed;
+    ``dataset`` overrides entries of the config's dataset section (e.g. where its splits lie)."""
     import torch
 
     from cnm_train.checkpoint import save_checkpoint
@@ -135,6 +137,7 @@ def write_checkpoint(path: Path, config_name: str = "charades_i3d", vocab_size: 
     config["dataset"]["vocab_size"] = vocab_size
     if glove_path is not None:
         config["dataset"]["vocab_path"] = str(glove_path)
+    config["dataset"].update(dataset or {})
     model_cfg = config["model"]["config"]
     model_cfg["hidden_size"] = d_model
     model_cfg["DualTransformer"].update(d_model=d_model, num_decoder_layers1=layers[0], num_decoder_layers2=layers[1])

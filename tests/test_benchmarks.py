@@ -26,7 +26,8 @@ from cnm_runtime.batch import Batch  # noqa: E402
 from cnm_runtime.datasets.default import make_default_dataset  # noqa: E402
 from cnm_runtime.text import load_glove  # noqa: E402
 
-CPU_ENGINES = ("torch-eager", "ort-fp32", "ort-int8", "ort-fp32-side")
+CPU_ENGINES = ("torch-eager", "torch-compile", "torch-compile-bf16", "ort-fp32", "ort-int8", "ort-fp32-side",
+               "ov-fp32", "ov-int8")
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +43,11 @@ def tiny_run(tmp_path_factory):
     out = folder / "results"
     result = CliRunner().invoke(run.main, [
         "--checkpoint", str(checkpoint), "--vocab", str(data.glove), "--features", str(data.archive),
-        "--queries", str(queries), "--quick", "--out-dir", str(out),
+        "--queries", str(queries), "--calibration-queries", str(data.train), "--calibration-features", str(data.archive),
+        "--quick", "--out-dir", str(out),
     ])
     assert result.exit_code == 0, result.output
-    return result.output, out
+    return result.stdout, out  # what it printed; its progress and logs go to standard error
 
 
 def test_quick_run_writes_json_markdown_and_plot(tiny_run):
@@ -83,7 +85,13 @@ def test_quick_run_writes_json_markdown_and_plot(tiny_run):
     assert e2e["side_by_side_ratio"] == pytest.approx(
         e2e["queries_per_s"]["median"] / engines["ort-fp32-side"]["speed"]["4"]["queries_per_s"]["median"])
     assert engines["ort-fp32-side"]["accuracy"] == engines["ort-fp32"]["accuracy"]  # the same graph
-    assert [target["met"] is not None for target in results["targets"]] == [True] * 5
+    assert all(target["met"] is not None for target in results["targets"]), results["targets"]
+    assert engines["ov-fp32"]["accuracy"]["max_abs_d_center"] < 1e-5
+    assert engines["torch-compile"]["accuracy"]["max_abs_d_center"] < 1e-5
+    for name in ("ov-fp32", "ov-bf16", "ov-int8"):  # cnm-run through its command line on each OpenVINO engine
+        end = results["end_to_end_by_engine"][name]
+        if name != "ov-bf16" or engines[name]["status"] == "ran":
+            assert end["queries"] == 32 and end["provider"].startswith("OpenVINO CPU") and end["ratio"] > 0
     feed = results["feed_only"]
     assert set(feed["by_processes"]) == {"0", "1"} and feed["queries"] == 32
     assert all(figures["queries_per_s"]["median"] > 0 for figures in feed["by_processes"].values())
@@ -115,20 +123,39 @@ def test_summary_figures():
 
     engines = {"torch-eager": engine(100, 0.5), "ort-fp32": engine(200, 0.5), "ort-int8": engine(310, 0.48)}
     met = [t["met"] for t in check_targets(engines, {"queries_per_s": {"median": 180}}, None, 64)]
-    assert met == [True, True, False, False, True]
+    assert met[:5] == [True, True, False, False, True] and met[5:] == [None]  # no CPU engine: no best one
     assert check_targets({**engines, "ort-int8": {}}, None, None, 64)[1]["met"] is None
     unshared = check_targets(engines, {"queries_per_s": {"median": 180}}, None, 64, videos_shared=False)[4]
     assert unshared["met"] is None and unshared["value"] == 0.9 and "not judged" in unshared["target"]
 
     feed = {"by_processes": {"1": {"vs_one_process": 1.0}, "2": {"vs_one_process": 1.5},
                              "16": {"vs_one_process": 6.0}}}
-    assert [(t["value"], t["met"]) for t in check_targets(engines, None, feed, 64)[5:]] == [(1.5, False), (6.0, True)]
+    assert [(t["value"], t["met"]) for t in check_targets(engines, None, feed, 64)[5:7]] == [(1.5, False), (6.0, True)]
     gpu = {**engines, "torch-cuda-fp16": {"speed": {"16": engine(900, 0)["speed"]["64"], "64": engine(1000, 0)["speed"]["64"]}},
            "ort-cuda-fp32": {"speed": {"64": engine(800, 0)["speed"]["64"]}},
            "ort-cuda-fp16": {"speed": {"64": engine(1200, 0)["speed"]["64"]}}}
     gpu_run = {"queries_per_s": {"median": 180}, "gpu": {"batch_size": 64, "ratio": 0.7}}
-    (peer, end_to_end) = check_targets(gpu, gpu_run, None, 64)[5:]
+    (peer, end_to_end) = check_targets(gpu, gpu_run, None, 64)[5:7]
     assert (peer["value"], peer["met"], end_to_end["met"]) == (1.2, True, False) and "batch 64" in peer["target"]
+
+
+def test_cpu_engine_targets():
+    def engine(qps, iou, miou, device="cpu"):
+        return {"device": device, "label": f"label {qps}", "speed": {"64": {"queries_per_s": {"median": qps}}},
+                "accuracy": {"IoU@0.5": iou, "mIoU": miou}}
+
+    engines = {"torch-eager": engine(50, 0.5, 0.4), "ort-fp32": engine(100, 0.5, 0.4), "ort-int8": engine(250, 0.5, 0.4),
+               "ort-fp32-side": engine(110, 0.5, 0.4), "ov-fp32": engine(120, 0.5, 0.4),
+               "ov-bf16": engine(280, 0.496, 0.4), "ov-int8": engine(400, 0.48, 0.4)}  # int8 costs 2 points
+    ends = {"ov-bf16": {"ratio": 0.9, "model_only_queries_per_s": 280}, "ov-fp32": {"ratio": 0.5,
+                                                                                     "model_only_queries_per_s": 120}}
+    best, bf16, int8, e2e, auto = check_targets(engines, None, None, 64, engine_ends=ends)[5:]
+    assert "OpenVINO" not in best["target"] and "label 280" in best["target"]  # int8 is too far from fp32
+    assert (best["value"], best["met"]) == (2.8, False)
+    assert (bf16["value"], bf16["met"]) == (pytest.approx(0.004), True) and "label 280" in bf16["target"]
+    assert (int8["value"], int8["met"]) == (pytest.approx(0.02), False)
+    assert (e2e["value"], e2e["met"]) == (0.9, True) and "label 280" in e2e["target"]
+    assert (auto["value"], auto["met"]) == (pytest.approx(120 / 110), True)
 
 
 def test_pytorch_half_engine_runs_the_model_in_float16(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -331,7 +332,8 @@ def test_command_defaults_vocab_and_output_and_verifies(tmp_path):
     assert result.exit_code == 0, result.output
     written = tmp_path / "model-best.onnx"
     assert f"wrote {written}" in result.output and "GFLOPs per query" in result.output
-    assert result.output.count(" ok") == 3
+    judged = result.output.count("fp32, vs PyTorch (fp32, unpruned); tolerance: 1e-05")  # ONNX Runtime, OpenVINO
+    assert "ONNX Runtime (CPU), fp32, vs PyTorch" in result.output and result.output.count(" ok") == 3 * judged
     assert spec_of(written).precision == "fp32"
 
 
@@ -351,19 +353,25 @@ def test_command_names_the_missing_vocabulary(tmp_path):
     assert result.exit_code != 0 and "vocab_path" in result.output and str(glove) in result.output
 
 
+def write_training_output(glove: Path, checkpoint: Path, vocab_path: str, saved_path: str) -> dict:
+    """A vocabulary and a checkpoint whose config names them as training, run elsewhere, would have: the
+    checkpoint's contents."""
+    glove.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    write_glove(glove, [f"w{i}" for i in range(40)])
+    write_checkpoint(checkpoint, vocab_size=40)
+    raw = torch.load(checkpoint, weights_only=True)
+    raw["config"]["dataset"]["vocab_path"] = vocab_path
+    raw["config"]["train"]["model_saved_path"] = saved_path
+    torch.save(raw, checkpoint)
+    return raw
+
+
 def test_vocabulary_found_from_the_checkpoint_folder(tmp_path, monkeypatch):
     """`cnm-export model-best.pt` run where training saved it: config paths are relative to where training ran."""
-    import torch
-
     trained_in, folder = tmp_path / "project", tmp_path / "project" / "checkpoints" / "run" / "base"
-    (trained_in / "data").mkdir(parents=True)
-    folder.mkdir(parents=True)
-    write_glove(trained_in / "data" / "glove.pkl", [f"w{i}" for i in range(40)])
-    checkpoint = write_checkpoint(folder / "model-best.pt", vocab_size=40)
-    raw = torch.load(checkpoint, weights_only=True)
-    raw["config"]["dataset"]["vocab_path"] = "data/glove.pkl"
-    raw["config"]["train"]["model_saved_path"] = "checkpoints/run/base"
-    torch.save(raw, checkpoint)
+    checkpoint = folder / "model-best.pt"
+    raw = write_training_output(trained_in / "data" / "glove.pkl", checkpoint, "data/glove.pkl", "checkpoints/run/base")
     monkeypatch.chdir(folder)
     result = CliRunner().invoke(cli.main, ["model-best.pt"])
     assert result.exit_code == 0, result.output
@@ -377,16 +385,9 @@ def test_vocabulary_found_from_the_checkpoint_folder(tmp_path, monkeypatch):
 def test_vocabulary_found_in_a_moved_training_folder(tmp_path, monkeypatch):
     """`cp -r runs/demo X && cd X && cnm-export model-best.pt`: the vocabulary kept in training's own output
     folder travels with it."""
-    import torch
-
     trained = tmp_path / "runs" / "demo"
-    (trained / "data").mkdir(parents=True)
-    write_glove(trained / "data" / "glove.pkl", [f"w{i}" for i in range(40)])
-    checkpoint = write_checkpoint(trained / "model-best.pt", vocab_size=40)
-    raw = torch.load(checkpoint, weights_only=True)
-    raw["config"]["dataset"]["vocab_path"] = "runs/demo/data/glove.pkl"
-    raw["config"]["train"]["model_saved_path"] = "runs/demo"
-    torch.save(raw, checkpoint)
+    write_training_output(trained / "data" / "glove.pkl", trained / "model-best.pt", "runs/demo/data/glove.pkl",
+                          "runs/demo")
     moved = tmp_path / "X"
     shutil.copytree(trained, moved)
     shutil.rmtree(tmp_path / "runs")

@@ -144,7 +144,7 @@ class Poisoned:
                                     [record for record in self.records if expected_code(record) is None])
         self.expected = folder / "clean.jsonl"
         code, err = run_within("--model", model, "--features", self.archive, "--queries", clean_queries,
-                               "-o", self.expected, "--batch-size", BATCH, "--feeders", 0)
+                               "-o", self.expected, "--batch-size", BATCH, "--feeders", 0, "--provider", "cpu")
         assert code == 0, err
         assert self.expected.read_bytes().count(b"\n") == QUERIES - len(self.failing)
 
@@ -158,7 +158,7 @@ class Poisoned:
 
     def run(self, *flags) -> tuple[int, str]:
         return run_within("--model", self.model, "--features", self.archive, "--queries", self.queries,
-                          "--batch-size", BATCH, *flags)
+                          "--batch-size", BATCH, "--provider", "cpu", *flags)  # one engine: the very same bytes
 
     def check(self, code: int, err: str, predictions: bytes, errors: bytes, metrics: dict) -> None:
         assert code == 1, err  # more errors than --max-errors 0
@@ -192,8 +192,8 @@ def test_a_poisoned_archive_costs_only_its_poisoned_queries_locally(poisoned, tm
 
 def test_a_poisoned_archive_costs_only_its_poisoned_queries_on_ray(poisoned, ray_address, tmp_path):
     out = tmp_path / "out"
-    code, err = poisoned.run("--engine", "ray", "--address", ray_address, "--actors", 2, "--provider", "cpu",
-                             "--shard-batches", 16, "-o", out)
+    code, err = poisoned.run("--engine", "ray", "--address", ray_address, "--actors", 2, "--shard-batches", 16,
+                             "-o", out)
     assert len(list(out.glob("predictions-*.jsonl"))) == -(-QUERIES // (16 * BATCH))
 
     def joined(kind: str) -> bytes:

@@ -106,7 +106,8 @@ def local_and_ray(ray_address, tiny_model, archive, tmp_path_factory):
     queries = write_lines(folder / "q.jsonl", mixed_lines())
     code, _, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", queries,
                                     "-o", folder / "local.jsonl", "--errors", folder / "local-errors.jsonl",
-                                    "--metrics", folder / "local-metrics.json", "--batch-size", BATCH))
+                                    "--metrics", folder / "local-metrics.json", "--batch-size", BATCH,
+                                    "--provider", "cpu"))  # the Ray job's engine
     assert code == 1, err  # more errors than --max-errors 0
     metrics = run_ray(tiny_model, archive, queries, folder / "out")
     return folder, metrics
@@ -149,6 +150,22 @@ def test_the_python_api_gives_the_same_records(local_and_ray, tiny_model, archiv
     assert [json.loads(row["record"]) for row in rows if row["kind"] == "error"] == file_records(
         folder / "local-errors.jsonl")
     assert {row["provider"] for row in rows} == {"CPUExecutionProvider"}
+
+
+def test_actors_run_openvino_as_the_local_run_does(local_and_ray, tiny_model, archive):
+    pytest.importorskip("openvino")
+    from cnm_runtime.scaleout.dataset import ground_dataset, queries_dataset
+
+    folder, _ = local_and_ray
+    code, _, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", folder / "q.jsonl",
+                                    "-o", folder / "openvino.jsonl", "--batch-size", BATCH, "--provider", "openvino"))
+    assert code == 1, err
+    dataset = ground_dataset(queries_dataset(folder / "q.jsonl", shard_size=BATCH), tiny_model, archive,
+                             RunOptions(provider="openvino", batch_size=BATCH), actors=1)
+    rows = sorted(dataset.take_all(), key=lambda row: row["line"])
+    assert [json.loads(row["record"]) for row in rows if row["kind"] == "prediction"] == file_records(
+        folder / "openvino.jsonl")
+    assert {row["provider"] for row in rows} == {"OpenVINO CPU fp32"}
 
 
 def test_a_killed_run_run_again_has_every_qid_once(ray_address, tiny_model, archive, tmp_path):

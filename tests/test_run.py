@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from cnm_runtime import cores as cores_module
 from cnm_runtime import session as session_module
 from cnm_runtime.archive import C3D_DATASET, FeatureArchive
 from cnm_runtime.batch import Batch
@@ -166,7 +167,7 @@ def test_auto_without_a_gpu_is_quiet_and_makes_no_tensorrt_cache(tiny_model, tmp
 
 def test_cpu_runs_one_thread_each_one_run_a_core_at_most_eight(tiny_model, monkeypatch):
     for cores, runs in ((2, 2), (16, 8)):
-        monkeypatch.setattr(session_module, "available_cores", lambda: cores)
+        monkeypatch.setattr(cores_module, "available_cores", lambda: cores)
         session = ModelSession(tiny_model, RunOptions(provider="cpu"))
         assert session.threads == 1 and session.runs == runs
         assert session._session().get_session_options().intra_op_num_threads == 1
@@ -645,3 +646,11 @@ def test_the_sessions_own_threads_flush_denormals_as_asked(tiny_model, flush):
     session.run(Batch(frames, np.zeros(1, np.int64), np.ones((1, 21), np.int64), np.ones(1, np.int64)))
     assert session._pool.submit(flushes).result() == flush and not flushes()
     session.close()
+
+
+def test_a_batchs_fields_are_the_graphs_inputs():
+    from dataclasses import fields
+
+    from cnm_runtime.model_spec import INPUT_NAMES
+
+    assert tuple(field.name for field in fields(Batch)) == INPUT_NAMES

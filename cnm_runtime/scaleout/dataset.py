@@ -26,12 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from cnm_runtime.engines import open_session
 from cnm_runtime.feed import Feed
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import Prediction, QueryError
 from cnm_runtime.queries import read_lines
 from cnm_runtime.scaleout.shards import Shard, plan_shards
-from cnm_runtime.session import ModelSession
 
 if TYPE_CHECKING:
     import ray.data
@@ -54,7 +54,7 @@ class ShardGrounder:
     """The callable class of ``map_batches``: made once in each actor, then called with rows of shards."""
 
     def __init__(self, model: str, archive: str, options: RunOptions):
-        self.session = ModelSession(model, options)
+        self.session = open_session(model, options)  # the engine a local run picks: the same records
         self.feed = Feed(archive, self.session, options)  # for the actor's life: its recent videos and slots
 
     def __call__(self, rows: dict[str, Any]) -> dict[str, list]:
