@@ -131,9 +131,10 @@ def _median(figures: dict[str, Any] | None) -> str:
 
 
 def results_table() -> list[str]:
-    """The top README's table: the newest run of the deployed config, batch 64, and the newest GPU run."""
+    """The top README's table: the newest run of the deployed config (trained, else seeded), batch 64, and the
+    newest GPU run."""
     rows = []
-    deployed = runs(RESULTS / "charades-config")
+    deployed = runs(RESULTS / "charades-trained") or runs(RESULTS / "charades-config")
     if deployed:
         results = deployed[0]
         model, machine = model_shape(results), f"{results['machine']['cpu']}, {results['machine']['cores']} cores"
@@ -145,7 +146,11 @@ def results_table() -> list[str]:
             rows.append([engine["label"], model, "64", machine, _median(engine.get("speed", {}).get("64"))])
         e2e = results["end_to_end"]
         if e2e:
-            rows.append(["cnm-run end to end (CPU provider)", model, "64", machine, _median(e2e)])
+            rows.append(["cnm-run end to end, ONNX Runtime fp32", model, "64", machine, _median(e2e)])
+        for name, end in (results.get("end_to_end_by_engine") or {}).items():
+            if "error" not in end:
+                rows.append([f"cnm-run end to end, {results['engines'][name]['label']}", model, "64", machine,
+                             _median(end)])
         for processes, figures in (results.get("feed_only") or {}).get("by_processes", {}).items():
             plural = "" if processes == "1" else "es"
             feeder = "in a thread" if processes == "0" else f"in {processes} feed process{plural}"

@@ -4,8 +4,8 @@
    annotations and GloVe words with ``--charades DIR``);
 2. ``cnm-train`` trains a small CNM on it (model selected on the validation split);
 3. ``cnm-export`` freezes the selected model to ONNX;
-4. ``cnm-run`` grounds the test queries with ONNX Runtime;
-5. a table compares PyTorch and ONNX Runtime on accuracy, beside the prior. Speed is left to
+4. ``cnm-run`` grounds the test queries with the engine its ``auto`` picks (ONNX Runtime or OpenVINO);
+5. a table compares PyTorch and that engine on accuracy, beside the prior. Speed is left to
    ``python -m benchmarks.run``: a demo-sized run would time mostly start-up.
 The per-epoch checkpoints go once the best one is picked; everything else stays in ``--out`` (the demo
 lists it) so the user can go on with cnm-run by hand. This module sits in cnm_export, the top layer,
@@ -100,7 +100,7 @@ def format_report(pytorch: dict[str, Any], onnx: dict[str, Any], seed: int) -> s
     rows = [
         ("prior (mean training span)", pytorch["prior"]),
         ("PyTorch (eager, cnm-train --eval)", pytorch["test"]),
-        (f"ONNX Runtime ({onnx['provider']}, cnm-run)", onnx),
+        (f"cnm-run on the ONNX file ({onnx['provider']})", onnx),
     ]
     return "\n".join([
         f"Seed {seed} (data and training); test split, {pytorch['test_queries']} queries, synthetic features.",
@@ -142,7 +142,7 @@ def run_demo(out: Path, seed: int = 0, charades: Path | None = None, epochs: int
     remove_epoch_checkpoints(out, fit(config, options)["epochs"])
     log.info("3/4 exporting %s", out / "model-best.onnx")
     export_checkpoint(out / "model-best.pt", data.glove, out / "model-best.onnx")
-    log.info("4/4 grounding the test queries with PyTorch and with ONNX Runtime")
+    log.info("4/4 grounding the test queries with PyTorch and with cnm-run")
     pytorch = evaluate_checkpoint(config, out / "model-best.pt", options)
     command, onnx = run_cnm_run(out, data)
     report = format_report(pytorch, onnx, seed)
@@ -161,7 +161,7 @@ def run_demo(out: Path, seed: int = 0, charades: Path | None = None, epochs: int
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: the default config's]")
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(out: Path, charades: Path | None, epochs: int, seed: int) -> None:
-    """Synthesize data, train, export, ground and compare PyTorch with ONNX Runtime."""
+    """Synthesize data, train, export, ground and compare PyTorch with cnm-run."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     summary = run_demo(out, seed, charades, epochs)
     click.echo(f"\nDone in {summary['total_s']:.0f} s.\n")
