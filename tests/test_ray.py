@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -266,23 +267,30 @@ def test_a_ray_that_cnm_run_starts_listens_on_the_loopback_interface_only(tmp_pa
 
 
 def test_every_flag_that_changes_records_reaches_the_actors(ray_address, tiny_model, tmp_path):
-    """--refuse-outside-links: the Ray engine's records equal the local run's with it (and differ without)."""
+    """--refuse-outside-links and --max-video-mb: the Ray engine's records equal the local run's with each flag
+    (and each flag changes them)."""
+    import h5py
+
     archive = write_linked_archive(tmp_path)
+    with h5py.File(archive, "a") as out:
+        out["big"] = np.ones((300, 1024), np.float32)  # 1.2 MB of features: over a cap of 1 MB
     queries = write_lines(tmp_path / "q.jsonl", [{"video": video, "query": "person sits"}
-                                                 for video in ("near", "linked", "near", "linked")])
+                                                 for video in ("near", "linked", "big") * 2])
     common = ("--model", tiny_model, "--features", archive, "--queries", queries, "--batch-size", BATCH,
               "--provider", "cpu", "--max-errors", 10)
-    for flags in ((), ("--refuse-outside-links",)):
-        local = tmp_path / f"local{len(flags)}.jsonl"
-        code, _, err = finished(cnm_run(*common, *flags, "-o", local, "--errors", tmp_path / f"e{len(flags)}.jsonl"))
+    predicted = {}
+    for name, flags in (("none", ()), ("links", ("--refuse-outside-links",)), ("cap", ("--max-video-mb", 1))):
+        local, errors = tmp_path / f"local-{name}.jsonl", tmp_path / f"errors-{name}.jsonl"
+        code, _, err = finished(cnm_run(*common, *flags, "-o", local, "--errors", errors))
         assert code == 0, err
-        out = tmp_path / f"ray{len(flags)}"
+        out = tmp_path / f"ray-{name}"
         code, _, err = finished(cnm_run("--engine", "ray", "--address", ray_address, "--actors", 1, *common, *flags,
                                         "-o", out))
         assert code == 0, err
         assert shard_records(out, "predictions") == file_records(local)
-        assert shard_records(out, "errors") == file_records(tmp_path / f"e{len(flags)}.jsonl")
-    assert len(file_records(tmp_path / "local0.jsonl")) == 4 and len(file_records(tmp_path / "local1.jsonl")) == 2
+        assert shard_records(out, "errors") == file_records(errors)
+        predicted[name] = {record["vid"] for record in file_records(local)}
+    assert predicted == {"none": {"near", "linked", "big"}, "links": {"near", "big"}, "cap": {"near", "linked"}}
 
 
 def test_a_rerun_with_another_model_is_refused(ray_address, tiny_model, archive, tmp_path):
