@@ -153,20 +153,25 @@ def test_the_python_api_gives_the_same_records(local_and_ray, tiny_model, archiv
     assert {row["provider"] for row in rows} == {"CPUExecutionProvider"}
 
 
-def test_actors_run_openvino_as_the_local_run_does(local_and_ray, tiny_model, archive):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_actors_run_openvino_as_the_local_run_does(local_and_ray, tiny_model, archive, precision):
     pytest.importorskip("openvino")
+    from cnm_runtime.openvino_session import cpu_has_bf16
     from cnm_runtime.scaleout.dataset import ground_dataset, queries_dataset
 
+    if precision == "bf16" and not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16")
     folder, _ = local_and_ray
+    local = folder / f"openvino-{precision}.jsonl"
     code, _, err = finished(cnm_run("--model", tiny_model, "--features", archive, "--queries", folder / "q.jsonl",
-                                    "-o", folder / "openvino.jsonl", "--batch-size", BATCH, "--provider", "openvino"))
+                                    "-o", local, "--batch-size", BATCH, "--provider", "openvino",
+                                    "--precision", precision))
     assert code == 1, err
     dataset = ground_dataset(queries_dataset(folder / "q.jsonl", shard_size=BATCH), tiny_model, archive,
-                             RunOptions(provider="openvino", batch_size=BATCH), actors=1)
+                             RunOptions(provider="openvino", precision=precision, batch_size=BATCH), actors=1)
     rows = sorted(dataset.take_all(), key=lambda row: row["line"])
-    assert [json.loads(row["record"]) for row in rows if row["kind"] == "prediction"] == file_records(
-        folder / "openvino.jsonl")
-    assert {row["provider"] for row in rows} == {"OpenVINO CPU fp32"}
+    assert [json.loads(row["record"]) for row in rows if row["kind"] == "prediction"] == file_records(local)
+    assert {row["provider"] for row in rows} == {f"OpenVINO CPU {precision}"}
 
 
 def test_a_killed_run_run_again_has_every_qid_once(ray_address, tiny_model, archive, tmp_path):
