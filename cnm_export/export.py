@@ -1,10 +1,11 @@
 """Checkpoint -> one self-contained ONNX file with the runtime's metadata.
 
 The fp32 graph comes from PyTorch's TorchScript exporter, which folds the packed attention weights into
-plain initializers (the int8 quantizer needs them so; the torch.export-based exporter splits and
-transposes them at run time). fp16 is the same module cast to half before export, taking half frames (half the bytes to feed); int8 is ONNX Runtime's
-dynamic quantization of the fp32 file's matrix weights; openvino-int8 is NNCF's static quantization of the
-fp32 graph for OpenVINO (``cnm_export.openvino_int8``), an IR rather than an ONNX file.
+plain initializers (the int8 quantizer needs them so; the torch.export-based exporter splits and transposes
+them at run time). fp16 is the same module cast to half before export, taking half frames (half the bytes to
+feed); int8 is ONNX Runtime's dynamic quantization of the fp32 file's matrix weights; openvino-int8 is
+NNCF's static quantization of the fp32 graph for OpenVINO (``cnm_export.openvino_int8``), an IR rather than
+an ONNX file.
 """
 from __future__ import annotations
 

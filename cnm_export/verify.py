@@ -1,13 +1,14 @@
 """Does an exported file compute what PyTorch computes?
 
-Each engine that runs the file runs it through cnm-run's own session: ONNX Runtime on the CPU provider
-(ONNX files), and OpenVINO at each precision it runs the file at, where it is installed (fp32, and bf16
-where the CPU has it, for an fp32 file; int8 for an openvino-int8 IR). The reference is the live PyTorch
-model in fp32 with its full, unpruned inference path, so one comparison covers the export, the pruning and
-the precision; fp32 must agree within ``TOLERANCE``, the others' drift is reported. Cases: random inputs at several batch sizes with every query length
-1..max_num_words, and optionally a small labelled set (``queries.jsonl`` + ``features.hdf5``, as in the
-golden directory) read and prepared as cnm-run does it, where the change in IoU@0.5 and mIoU is
-reported too; an ``expected.npz`` beside it (outputs of the original code) is compared as well.
+Each engine that runs the file runs it through cnm-run's own session: ONNX Runtime on the CPU provider (ONNX
+files), and OpenVINO at each precision it runs the file at, where it is installed (fp32, and bf16 where the
+CPU has it, for an fp32 file; int8 for an openvino-int8 IR). The reference is the live PyTorch model in fp32
+with its full, unpruned inference path, so one comparison covers the export, the pruning and the precision;
+fp32 must agree within ``TOLERANCE``, the others' drift is reported. Cases: random inputs at several batch
+sizes with every query length 1..max_num_words, and optionally a small labelled set (``queries.jsonl`` +
+``features.hdf5``, as in the golden directory) read and prepared as cnm-run does it, where the change in
+IoU@0.5 and mIoU is reported too; an ``expected.npz`` beside it (outputs of the original code) is compared
+as well.
 """
 from __future__ import annotations
 

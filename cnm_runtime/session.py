@@ -7,8 +7,9 @@ library. A provider asked for by name that cannot start is an error, never a sil
 
 The model runs only in the session's own threads (``runs`` of them, each with an ONNX Runtime session made
 in that thread), which flush denormals to zero (``cnm_runtime.denormals``); the caller's threads are left as
-they are, and so is the thread that makes the first session, where ONNX Runtime would set the same. Inputs and outputs go through IO binding on every
-provider (on a GPU the inputs are copied to the device once and the outputs stay there until read).
+they are, and so is the thread that makes the first session, where ONNX Runtime would set the same. Inputs
+and outputs go through IO binding on every provider (on a GPU the inputs are copied to the device once and
+the outputs stay there until read).
 """
 from __future__ import annotations
 
