@@ -11,7 +11,8 @@ from cnm_export.export import DEFAULT_OPSET, PRECISIONS, export_model, load_sour
 from cnm_export.flops import graph_flops
 from cnm_export import openvino_int8
 from cnm_export.verify import verify_engines
-from cnm_runtime.openvino_session import IR_SUFFIX, OPENVINO_INT8
+from cnm_runtime.model_files import IR_SUFFIX, model_files
+from cnm_runtime.openvino_session import OPENVINO_INT8
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -58,7 +59,7 @@ def main(checkpoint: Path, vocab: Path | None, output: Path | None, precision: s
         spec = export_model(source, output, precision, opset, prune=prune, calibration=calibration)
     except (OSError, ValueError, RuntimeError) as error:
         raise click.ClickException(str(error)) from error
-    files = [output, output.with_suffix(".bin")] if output.suffix == IR_SUFFIX else [output]
+    files = model_files(output)
     size_mb = sum(path.stat().st_size for path in files) / 1e6
     click.echo(f"wrote {' and '.join(map(str, files))} ({precision}, opset {opset}, {size_mb:.1f} MB, "
                f"{len(spec.words)} words, {spec.frame_dim}-d frames)")

@@ -25,8 +25,9 @@ from onnx import numpy_helper
 
 from cnm_export.flops import Flops, graph_flops
 from cnm_export.graph import GeneratorGraph
+from cnm_runtime.model_files import IR_SUFFIX
 from cnm_runtime.model_spec import INPUT_NAMES, OUTPUT_NAMES, ModelSpec
-from cnm_runtime.openvino_session import IR_SUFFIX, OPENVINO_INT8
+from cnm_runtime.openvino_session import OPENVINO_INT8
 from cnm_runtime.provenance import cnm_version, file_digest
 from cnm_runtime.text import Vocabulary, load_glove
 from cnm_train.checkpoint import load_checkpoint

@@ -25,8 +25,9 @@ from pathlib import Path
 from cnm_runtime import openvino_session
 from cnm_runtime.batch import Batch
 from cnm_runtime.chunks import BatchMaker
+from cnm_runtime.model_files import IR_SUFFIX
 from cnm_runtime.model_spec import ModelSpec
-from cnm_runtime.openvino_session import IR_SUFFIX, write_spec
+from cnm_runtime.openvino_session import write_spec
 from cnm_runtime.options import RunOptions
 from cnm_runtime.outcomes import QueryError
 from cnm_runtime.queries import read_lines

@@ -23,6 +23,7 @@ import torch
 
 from cnm_runtime.batch import Batch
 from cnm_runtime.chunks import BatchMaker
+from cnm_runtime.model_files import IR_SUFFIX
 from cnm_runtime.model_spec import ModelSpec
 from cnm_runtime import openvino_session
 from cnm_runtime.engines import Session
@@ -216,7 +217,7 @@ def engine_sessions(model_path: str | Path) -> list[Session]:
     ONNX file, and OpenVINO at each precision it runs the file at, where it is installed."""
     model_path = Path(model_path)
     sessions: list[Session] = []
-    if model_path.suffix != openvino_session.IR_SUFFIX:
+    if model_path.suffix != IR_SUFFIX:
         sessions.append(ModelSession(model_path, RunOptions(provider="cpu")))
     if openvino_session.is_installed():
         spec = sessions[0].spec if sessions else openvino_session.OpenVinoSession(model_path).spec

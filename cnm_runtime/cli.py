@@ -223,7 +223,7 @@ def _ray(files: RunFiles, options: RunOptions, address: str | None, actors: int,
          stop: StopSignals) -> dict[str, Any]:
     from cnm_runtime.archive import FeatureArchive
     from cnm_runtime.grounder import Grounder
-    from cnm_runtime.openvino_session import IR_SUFFIX
+    from cnm_runtime.model_files import IR_SUFFIX
     from cnm_runtime.provenance import ProvenanceMismatch
     from cnm_runtime.scaleout.job import RayOptions, loopback_only, run_ray
 

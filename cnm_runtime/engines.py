@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cnm_runtime import openvino_session
-from cnm_runtime.openvino_session import IR_SUFFIX, OpenVinoSession
+from cnm_runtime.model_files import IR_SUFFIX
+from cnm_runtime.openvino_session import OpenVinoSession
 from cnm_runtime.options import RunOptions
 from cnm_runtime.session import ModelSession
 

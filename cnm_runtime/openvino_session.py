@@ -28,6 +28,7 @@ import numpy as np
 
 from cnm_runtime.batch import Batch
 from cnm_runtime.cores import default_threads
+from cnm_runtime.model_files import IR_SUFFIX
 from cnm_runtime.model_spec import METADATA_KEY, OUTPUT_NAMES, ModelSpec, check_graph
 from cnm_runtime.model_threads import ModelThreads
 from cnm_runtime.options import RunOptions
@@ -35,7 +36,6 @@ from cnm_runtime.options import RunOptions
 # One line for every way of asking for OpenVINO where it is not installed.
 MISSING = ("the openvino package is not installed (pip install 'cnm[openvino]'); it runs --provider openvino, "
            "--precision bf16 and openvino-int8 models")
-IR_SUFFIX = ".xml"  # an OpenVINO IR: the graph; the weights are the .bin beside it
 OPENVINO_INT8 = "openvino-int8"  # ModelSpec.precision of the IR that cnm-export writes
 # Where OpenVINO keeps a model's metadata: its ONNX reader puts ONNX metadata there, and the IR that
 # cnm-export writes holds ours at the same place, so one reader serves both files.

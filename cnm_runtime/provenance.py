@@ -14,14 +14,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cnm_runtime.model_files import model_files
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
+def file_digest(*paths: str | Path) -> str:
+    """SHA-256 of the bytes of ``paths``, one after another (of one file's, for one)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
+    for path in paths:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -33,8 +35,8 @@ def cnm_version() -> str:
 
 
 def provenance(queries_sha256: str, model: str | Path, **more: Any) -> dict[str, Any]:
-    """What an output is made from: the queries' digest, the model's, the cnm version, and ``more``."""
-    return {"cnm_version": cnm_version(), "queries_sha256": queries_sha256, "model_sha256": file_digest(model),
+    """What an output is made from: the queries' digest, the model's (all its files), the cnm version, and ``more``."""
+    return {"cnm_version": cnm_version(), "queries_sha256": queries_sha256, "model_sha256": file_digest(*model_files(Path(model))),
             **more}
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from cnm_runtime.model_files import model_files
+
 
 @dataclass(frozen=True)
 class RunFiles:
@@ -43,7 +45,8 @@ class RunFiles:
         return str(self.output) == "-"
 
     def inputs(self) -> dict[str, Path]:
-        return {"--model": self.model, "--features": self.features, "--queries": self.queries}
+        model = dict(zip(("--model", "--model's weights"), model_files(self.model)))  # an IR's .bin is one too
+        return {**model, "--features": self.features, "--queries": self.queries}
 
     def outputs(self) -> dict[str, Path]:
         """The files written, by flag: ``-o -`` is standard output, no file; ``--errors -`` is a file named ``-``."""

@@ -176,3 +176,18 @@ def test_the_files_a_run_writes_get_the_usual_permissions(tiny_model, archive, q
     assert code == 0, err
     for path in (pred, metrics, tmp_path / "pred.jsonl.run.json"):
         assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
+
+
+def test_an_openvino_irs_weights_are_guarded_as_its_graph_is(archive, queries, tmp_path):
+    """An IR is two files (cnm-export --precision openvino-int8): -o naming its .bin is refused as -o naming
+    its .xml is, and the digest a resume compares changes with the .bin."""
+    from cnm_runtime.provenance import provenance
+
+    graph, weights = tmp_path / "model.xml", tmp_path / "model.bin"
+    graph.write_text("<net/>")
+    weights.write_bytes(b"weights")
+    code, _, err = finished(_run(graph, archive, queries, "-o", weights))
+    assert code == 2 and "same file as --model's weights" in err and weights.read_bytes() == b"weights"
+    before = provenance("queries digest", graph)["model_sha256"]
+    weights.write_bytes(b"other weights")
+    assert provenance("queries digest", graph)["model_sha256"] != before
