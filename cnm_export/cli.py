@@ -13,6 +13,7 @@ from cnm_export import openvino_int8
 from cnm_export.verify import verify_engines
 from cnm_runtime.model_files import IR_SUFFIX, model_files
 from cnm_runtime.openvino_session import OPENVINO_INT8
+from cnm_runtime.run_files import refuse_aliases
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +53,13 @@ def main(checkpoint: Path, vocab: Path | None, output: Path | None, precision: s
     if precision != OPENVINO_INT8 and (calibration_queries or calibration_features):
         raise click.UsageError(f"--calibration-queries and --calibration-features are for {OPENVINO_INT8}")
     output = output or checkpoint.with_suffix(IR_SUFFIX if precision == OPENVINO_INT8 else ".onnx")
+    inputs = {"CHECKPOINT": checkpoint, "--vocab": vocab, "--calibration-queries": calibration_queries,
+              "--calibration-features": calibration_features}
+    try:  # before anything is written: a trained checkpoint is not to be lost to a slip of -o
+        refuse_aliases({flag: path for flag, path in inputs.items() if path},
+                       dict(zip(("-o", "-o's weights"), model_files(output))))
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
     try:
         source = load_source(checkpoint, vocab)
         calibration = openvino_int8.training_split(source, calibration_queries, calibration_features) \

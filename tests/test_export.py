@@ -402,6 +402,23 @@ class _RunsCode:
         return (exec, ("open('RAN', 'w').write('code ran')",))
 
 
+@pytest.mark.parametrize("output, flag", [("model.pt", "CHECKPOINT"), ("link.pt", "CHECKPOINT"),
+                                          ("glove.pkl", "--vocab"), ("glove.xml", "--vocab")])
+def test_an_output_that_is_an_input_is_refused_untouched(tmp_path, monkeypatch, output, flag):
+    """`cnm-export model.pt -o model.pt` would replace the trained checkpoint with its export; an IR's .bin
+    counts as an output too."""
+    monkeypatch.chdir(tmp_path)
+    write_glove(tmp_path / "glove.pkl", [f"w{i}" for i in range(40)])
+    write_checkpoint(tmp_path / "model.pt", vocab_size=40)
+    (tmp_path / "link.pt").symlink_to("model.pt")
+    (tmp_path / "glove.bin").symlink_to("glove.pkl")  # glove.xml's weights would be written here
+    before = {name: (tmp_path / name).read_bytes() for name in ("model.pt", "glove.pkl")}
+    precision = ["--precision", "openvino-int8"] if output.endswith(".xml") else []
+    result = CliRunner().invoke(cli.main, ["model.pt", "--vocab", "glove.pkl", "-o", output, *precision])
+    assert result.exit_code == 2 and f"is the same file as {flag}" in result.output, result.output
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
 @pytest.mark.parametrize("content", [
     {"num_updates": 1, "config": _RunsCode(), "model_parameters": {}},  # loading it would run code
     b"not a checkpoint at all",
